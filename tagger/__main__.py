@@ -1,0 +1,5 @@
+"""`python -m tagger` runs the CLI."""
+
+from tagger.cli import main
+
+main()

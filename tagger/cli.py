@@ -1,0 +1,195 @@
+"""Typer app: parses options, calls one core function per command, renders results. No logic here.
+
+Heavy modules (torch, numpy, the core) are imported inside the commands so `tagger --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tagger import __version__
+from tagger.errors import TaggerError
+
+app = typer.Typer(
+    name="tagger",
+    help="Audio tagging toolkit: features, models, training, evaluation and prediction.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def user_errors(command):
+    """Turn a TaggerError into one line on stderr and exit status 2; anything else stays a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TaggerError as error:
+            from tagger import console
+
+            console.stderr.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tagger {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Audio tagging toolkit: features, models, training, evaluation and prediction."""
+
+
+FormatOption = Annotated[str, typer.Option("--format", help="Result format: table, json or csv.")]
+
+
+def _check_format(fmt: str) -> None:
+    from tagger.console import OUTPUT_FORMATS
+
+    if fmt not in OUTPUT_FORMATS:
+        raise TaggerError(f"--format {fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+
+
+@app.command("synthesize")
+@user_errors
+def synthesize_command(
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder to write audio/, train.csv, valid.csv, labels.csv, events.csv.")
+    ],
+    clips: Annotated[int, typer.Option(help="Number of clips.")] = 48,
+    seconds: Annotated[float, typer.Option(help="Clip length in seconds.")] = 5.0,
+    sample_rate: Annotated[int, typer.Option(help="Sample rate of the WAV files.")] = 16000,
+    valid_fraction: Annotated[float, typer.Option(help="Share of clips in valid.csv.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    fmt: FormatOption = "table",
+) -> None:
+    """Write a small labelled synthetic audio set with known event times (demo and test data)."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.data.manifests import read_manifest
+    from tagger.synth import synthesize
+
+    paths = synthesize(out_dir, clips, seconds, sample_rate, valid_fraction, seed)
+    rows = []
+    for split in ("train", "valid"):
+        manifest = read_manifest(paths[split])
+        counts: dict[str, int] = {}
+        for example in manifest.examples:
+            for label in example.labels:
+                counts[label] = counts.get(label, 0) + 1
+        rows.append(
+            {
+                "split": split,
+                "manifest": str(paths[split]),
+                "clips": len(manifest.examples),
+                **dict(sorted(counts.items())),
+            }
+        )
+    console.render(rows, fmt, title="synthetic set")
+
+
+@app.command("extract-features")
+@user_errors
+def extract_features_command(
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest: AST JSON, AudioSet CSV, ESC-50/FSD50K CSV, plain CSV, or a folder.")
+    ],
+    frontend: Annotated[
+        str, typer.Option(help="kaldi-fbank (AST/PSLA), passt-mel (PaSST/EfficientAT), panns-logmel (PANNs/HTS-AT).")
+    ],
+    out: Annotated[Path, typer.Option(help="Feature store folder (created; reruns resume).")],
+    labels: Annotated[Path | None, typer.Option(help="class_labels_indices.csv to validate labels against.")] = None,
+    manifest_format: Annotated[str, typer.Option(help="Manifest format, or auto.")] = "auto",
+    audio_dir: Annotated[Path | None, typer.Option(help="Audio folder for AudioSet/ESC-50/FSD50K metadata.")] = None,
+    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
+    split: Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding worker processes (0: decode in this process).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Clips per front-end batch.")] = 16,
+    duration: Annotated[float | None, typer.Option(help="Crop or zero-pad every clip to this many seconds.")] = None,
+    on_error: Annotated[
+        str, typer.Option(help="fail: stop at the first bad file; skip: record it in errors.csv.")
+    ] = "fail",
+    shard: Annotated[
+        str | None, typer.Option(help="K/N: process only part K of N (run N jobs, e.g. a SLURM array).")
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(help="Clips per committed shard (work lost on a kill is at most one shard).")
+    ] = 256,
+    fmt: FormatOption = "table",
+) -> None:
+    """Decode, resample and turn audio into log-mel features, cached as float16 shards with stats.json."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.data.manifests import read_manifest
+    from tagger.extract import extract_features, parse_part
+    from tagger.labels import LabelSet
+
+    part = parse_part(shard)
+    fold_list = _parse_folds(folds)
+    data = read_manifest(manifest, manifest_format, audio_dir=audio_dir, folds=fold_list, split=split)
+    console.log(data.summary())
+    if data.duplicates:
+        console.log(f"skipping {len(data.duplicates)} duplicate entries, e.g. {data.duplicates[0].path}")
+    label_set = LabelSet.from_csv(labels) if labels is not None else None
+    try:
+        result = extract_features(
+            data.examples,
+            out,
+            frontend,
+            missing=data.missing,
+            labels=label_set,
+            workers=workers,
+            batch_size=batch_size,
+            on_error=on_error,
+            part=part,
+            duration=duration,
+            clips_per_shard=shard_size,
+            manifest_name=str(manifest),
+        )
+    except KeyboardInterrupt:
+        console.stderr.print(f"interrupted: finished clips are saved in {out}; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    stats = result.stats
+    row = {
+        "store": str(result.out_dir),
+        "frontend": stats["frontend"]["name"],
+        "new": result.processed,
+        "already_done": result.already_done,
+        "failed": result.failed,
+        "clips_total": stats["clips"],
+        "bins": stats["bins"],
+        "frames_min": stats["frames_min"],
+        "frames_max": stats["frames_max"],
+        "mean": stats["mean"],
+        "std": stats["std"],
+    }
+    console.render([row], fmt, title="features")
+    if result.failed:
+        console.log(f"{result.failed} clips failed; see {result.out_dir / 'errors.csv'}")
+
+
+def _parse_folds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise TaggerError(f"--folds {text!r} must be comma-separated integers, e.g. 1,2,3") from None
+
+
+def main() -> None:
+    app()

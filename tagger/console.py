@@ -1,0 +1,81 @@
+"""Where output goes: results to stdout, progress and logs to stderr, in table, JSON or CSV form."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+OUTPUT_FORMATS = ("table", "json", "csv")
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def progress(rate_unit: str = "clips") -> Progress:
+    """A progress bar on stderr showing a rate; silent when stderr is not a terminal (logs, CI)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=not stderr.is_terminal,
+        transient=False,
+        refresh_per_second=4,
+    )
+
+
+def log(message: str) -> None:
+    """A status line for people, on stderr."""
+    stderr.print(message, highlight=False)
+
+
+def render(rows: Sequence[dict[str, Any]], fmt: str, title: str | None = None) -> None:
+    """Print result rows to stdout as a rich table, a JSON list or CSV."""
+    if fmt == "json":
+        stdout.out(json.dumps(list(rows), indent=2, default=str), highlight=False)
+    elif fmt == "csv":
+        columns = _columns(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        stdout.out(buffer.getvalue().rstrip("\n"), highlight=False)
+    else:
+        table = Table(title=title)
+        for column in _columns(rows):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(_cell(row.get(c)) for c in _columns(rows)))
+        stdout.print(table)
+
+
+def _columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    return columns
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,213 @@
+"""`tagger extract-features`: decode a manifest in parallel, run a batched front-end, cache float16 features.
+
+Decoding and resampling run in DataLoader workers; the front-end runs batched in the main process on clips
+of equal length (so every clip's features equal a per-clip computation exactly). Finished clips are committed
+in shards (see data/store.py), which makes the job resumable and safe to interrupt.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tagger import audio, console
+from tagger.data.manifests import Example
+from tagger.data.store import ShardWriter, finalize_store, init_store, scan_store, shard_tag
+from tagger.errors import TaggerError
+from tagger.frontends import build_frontend, frontend_to_dict
+from tagger.labels import LabelSet
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class ExtractResult:
+    out_dir: Path
+    processed: int
+    already_done: int
+    failed: int
+    stats: dict
+
+
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    """'K/N' (1-based) as given to --shard, validated."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise TaggerError(f"--shard {text!r} must look like K/N, e.g. 3/8") from None
+    if not 1 <= k <= n:
+        raise TaggerError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def select_part(examples: Sequence[Example], part: tuple[int, int] | None) -> list[Example]:
+    """The clips of part K of N, chosen by a hash of the clip id so parts are disjoint whatever the row order."""
+    if part is None:
+        return list(examples)
+    k, n = part
+    return [e for e in examples if zlib.crc32(e.id.encode()) % n == k - 1]
+
+
+class _DecodeDataset(Dataset):
+    """Worker-side decoding: returns the waveform or the one-line reason it could not be read."""
+
+    def __init__(self, examples: Sequence[Example], sample_rate: int, num_samples: int | None):
+        self.examples = list(examples)
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            wave = audio.load(self.examples[index].path, self.sample_rate)
+            if self.num_samples is not None:
+                wave = audio.crop_or_pad(wave, self.num_samples, mode="start")
+            return index, wave, None
+        except TaggerError as error:
+            return index, None, str(error)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Let `kill` take the same clean path as Ctrl-C (commit the finished clips, then stop)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def extract_features(
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    frontend: dict | str,
+    *,
+    missing: Sequence[Example] = (),
+    labels: LabelSet | None = None,
+    workers: int = 2,
+    batch_size: int = 16,
+    on_error: str = "fail",
+    part: tuple[int, int] | None = None,
+    duration: float | None = None,
+    clips_per_shard: int = 256,
+    manifest_name: str = "",
+    show_progress: bool = True,
+) -> ExtractResult:
+    """Extract features for `examples` into the store at `out_dir`, skipping clips already stored there."""
+    if on_error not in ON_ERROR:
+        raise TaggerError(f"--on-error {on_error!r} must be one of {', '.join(ON_ERROR)}")
+    if workers < 0 or batch_size < 1 or clips_per_shard < 1:
+        raise TaggerError("--workers must be >= 0, --batch-size and --shard-size >= 1")
+    if duration is not None and duration <= 0:
+        raise TaggerError(f"--duration {duration} must be positive")
+    if labels is not None:
+        labels.encode_many([e.labels for e in examples])  # unknown labels fail before any work starts
+    missing = select_part(missing, part)
+    if missing and on_error == "fail":
+        raise TaggerError(
+            f"{len(missing)} audio files of the manifest are missing, e.g. {missing[0].path}; "
+            "fix the paths or pass --on-error skip"
+        )
+
+    module = build_frontend(frontend).eval()
+    spec = frontend_to_dict(module)
+    out = Path(out_dir)
+    bins = int(module(torch.zeros(1, module.sample_rate)).shape[1])
+    init_store(out, spec, bins, manifest_name)
+    if labels is not None:
+        labels.write_csv(out / "labels.csv")
+
+    done = {clip["id"] for clip in scan_store(out)[0]}
+    todo = [e for e in select_part(examples, part) if e.id not in done]
+    already = len(select_part(examples, part)) - len(todo)
+    writer = ShardWriter(out, shard_tag(part), bins, clips_per_shard)
+    for example in missing:
+        if example.id not in done:
+            writer.add_error(example.id, str(example.path), "file not found")
+
+    num_samples = None if duration is None else int(round(duration * module.sample_rate))
+    loader = DataLoader(
+        _DecodeDataset(todo, module.sample_rate, num_samples),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        persistent_workers=False,
+    )
+    processed = failed = 0
+    started = time.perf_counter()
+    with console.progress() as bar, _sigterm_as_interrupt():
+        task = bar.add_task("extracting", total=len(todo), rate="", visible=show_progress)
+        try:
+            for batch in loader:
+                failed += _extract_batch(batch, todo, module, writer, on_error)
+                processed += len(batch)
+                rate = processed / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, advance=len(batch), rate=f"{rate:.1f} clips/s")
+        except BaseException:  # Ctrl-C, kill or a bad file: keep every finished clip, then stop
+            writer.commit()
+            finalize_store(out)
+            raise
+    writer.commit()
+    stats = finalize_store(out)
+    return ExtractResult(out, processed - failed, already, failed + len(missing), stats)
+
+
+def _extract_batch(batch, todo, module, writer: ShardWriter, on_error: str) -> int:
+    """Store the features of a decoded batch, then deal with its failures (so good clips are never lost)."""
+    failures: list[tuple[int, str]] = []
+    groups: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for index, wave, reason in batch:
+        if reason is None:
+            groups[wave.shape[-1]].append((index, wave))
+        else:
+            failures.append((index, reason))
+    for items in groups.values():  # equal lengths batch exactly: no padding changes any clip's features
+        waves = torch.from_numpy(np.stack([wave for _, wave in items]))
+        try:
+            with torch.inference_mode():
+                features = module(waves).float().numpy()
+        except TaggerError as error:
+            failures.extend((index, f"{todo[index].path}: {error}") for index, _ in items)
+            continue
+        for row, (index, _) in enumerate(items):
+            problem = _check_finite(features[row])
+            if problem is None:
+                example = todo[index]
+                writer.add(example.id, str(example.path), list(example.labels), features[row])
+            else:
+                failures.append((index, f"{todo[index].path}: {problem}"))
+    if failures and on_error == "fail":
+        raise TaggerError(f"{failures[0][1]} (pass --on-error skip to record bad files in errors.csv and go on)")
+    for index, reason in failures:
+        writer.add_error(todo[index].id, str(todo[index].path), reason)
+    return len(failures)
+
+
+def _check_finite(features: np.ndarray) -> str | None:
+    if not np.isfinite(features).all():
+        return "features contain NaN or Inf"
+    if np.abs(features).max() > np.finfo(np.float16).max:
+        return "features exceed the float16 range"
+    return None

@@ -1,0 +1,34 @@
+"""Shared test helpers: synthetic audio on disk and the optional ../shared material."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or a clean skip when a user's clone has none."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (no ../shared beside this clone)")
+    return path
+
+
+def tone(seconds: float, sample_rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    """A sine with a little noise, float32: real-looking audio that every front-end can digest."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    wave = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+def write_wav(path: Path, wave: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave, sample_rate, subtype=subtype)
+    return path
