@@ -81,25 +81,20 @@ def synthesize_command(
     _check_format(fmt)
     from tagger import console
     from tagger.data.manifests import read_manifest
+    from tagger.labels import LabelSet
     from tagger.synth import synthesize
 
     paths = synthesize(out_dir, clips, seconds, sample_rate, valid_fraction, seed)
     rows = []
     for split in ("train", "valid"):
         manifest = read_manifest(paths[split])
-        counts: dict[str, int] = {}
+        counts = dict.fromkeys(LabelSet.from_csv(paths["labels"]).ids, 0)
         for example in manifest.examples:
             for label in example.labels:
                 counts[label] = counts.get(label, 0) + 1
-        rows.append(
-            {
-                "split": split,
-                "manifest": str(paths[split]),
-                "clips": len(manifest.examples),
-                **dict(sorted(counts.items())),
-            }
-        )
-    console.render(rows, fmt, title="synthetic set")
+        rows.append({"split": split, "clips": len(manifest.examples), **counts})
+    console.log(f"wrote {paths['train']}, {paths['valid']}, {paths['labels']} and {paths['events']}")
+    console.render(rows, fmt, title="synthetic set: clips per label")
 
 
 @app.command("extract-features")

@@ -59,6 +59,13 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, title: str | None = None) -
         writer.writeheader()
         writer.writerows(rows)
         stdout.out(buffer.getvalue().rstrip("\n"), highlight=False)
+    elif len(rows) == 1:  # one record reads best as field/value pairs, and fits any terminal width
+        table = Table(title=title)
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in rows[0].items():
+            table.add_row(key, _cell(value))
+        stdout.print(table)
     else:
         table = Table(title=title)
         for column in _columns(rows):

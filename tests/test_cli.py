@@ -85,5 +85,5 @@ def test_synthesize_csv_output(tmp_path):
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("split,manifest,clips")
+    assert lines[0].startswith("split,clips,")
     assert len(lines) == 3

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from tagger.frontends import build_frontend
+from conftest import shared_path
 from typer.testing import CliRunner
 
 from tagger.cli import app
@@ -20,6 +20,7 @@ from tagger.data.manifests import read_manifest
 from tagger.data.store import FeatureStore
 from tagger.errors import TaggerError
 from tagger.extract import extract_features, parse_part, select_part
+from tagger.frontends import build_frontend
 from tagger.labels import LabelSet
 from tagger.synth import synthesize
 
@@ -260,3 +261,31 @@ def test_killed_run_leaves_a_valid_store_and_resumes(tmp_path, sig):
     np.testing.assert_allclose(
         store.features(store.ids.index(example.id)).astype(np.float32), expected, rtol=1e-3, atol=1e-2
     )
+
+
+def test_real_esc50_clips(tmp_path):
+
+    root = shared_path("data", "esc50-folds1-4")
+    rows = (root / "esc50.csv").read_text().splitlines()
+    (tmp_path / "esc50.csv").write_text("\n".join(rows[:9]) + "\n")  # header + 8 real clips of fold 1
+    args = ["--manifest-format", "esc50", "--audio-dir", str(root / "audio"), "--folds", "1"]
+    args += ["--labels", str(root / "class_labels_indices.csv"), "--frontend", "kaldi-fbank"]
+    result = runner.invoke(
+        app,
+        [
+            "extract-features",
+            str(tmp_path / "esc50.csv"),
+            *args,
+            "--out",
+            str(tmp_path / "f"),
+            "--workers",
+            "2",
+            "--format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]
+    assert (row["new"], row["frames_min"], row["frames_max"]) == (8, 498, 498)  # 5 s at 16 kHz, AST framing
+    # Real ESC-50 fbank statistics sit near AST's published ESC-50 constants (mean -6.63, std 5.36).
+    assert -9 < row["mean"] < -4 and 4 < row["std"] < 7
