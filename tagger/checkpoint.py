@@ -1,0 +1,105 @@
+"""Self-describing tagger checkpoints: the only module that calls torch.load, always with weights_only=True."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tagger.errors import TaggerError
+from tagger.fileio import atomic_path
+from tagger.labels import LabelSet
+
+FORMAT = "tagger-checkpoint"
+VERSION = 1
+TASKS = ("multilabel", "multiclass")
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True: a file that needs code to unpickle is refused, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaggerError(f"{path}: checkpoint not found; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types here; all mean "this file is not for us"
+        text = str(error)
+        if "Weights only load failed" in text or "weights_only" in text:
+            raise TaggerError(
+                f"{path}: refused: the file needs Python code to load (a pickled object, not plain tensors); "
+                "re-save it as a state_dict with torch.save(model.state_dict(), ...)"
+            ) from None
+        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        raise TaggerError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from None
+
+
+def save_checkpoint(
+    path: str | Path,
+    model,
+    labels: LabelSet,
+    task: str = "multilabel",
+    normalization: dict | None = None,
+    train: dict | None = None,
+) -> Path:
+    """Write `model` with everything needed to rebuild and use it, atomically."""
+    from tagger.frontends import frontend_to_dict
+
+    if task not in TASKS:
+        raise TaggerError(f"task {task!r} must be one of {', '.join(TASKS)}")
+    if len(labels) != model.num_classes:
+        raise TaggerError(f"{len(labels)} labels for a model with {model.num_classes} classes")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": model.arch,
+        "model_kwargs": dict(model.model_kwargs),
+        "frontend": frontend_to_dict(model.frontend),
+        "labels": labels.to_list(),
+        "normalization": normalization or {},
+        "task": task,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train": train or {},
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path):
+    """(model in eval mode, payload without the state_dict) from a tagger checkpoint."""
+    from tagger.models import create_model
+
+    payload = read_torch_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise TaggerError(
+            f"{path}: not a tagger checkpoint; convert official weights with `tagger import-checkpoint`"
+        )
+    if payload.get("version") != VERSION:
+        raise TaggerError(f"{path}: tagger checkpoint version {payload.get('version')} is not supported")
+    model = create_model(payload["arch"], **payload["model_kwargs"])
+    load_state(model, payload["state_dict"], source=str(path))
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta["labels"] = LabelSet.from_list_of_dicts(payload["labels"])
+    return model.eval(), meta
+
+
+def load_state(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Strict load with a one-line message naming the first missing, unexpected or mismatched key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise TaggerError(f"{source}: keys do not match the model: {'; '.join(parts)}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise TaggerError(
+                f"{source}: shape mismatch at {key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
