@@ -32,3 +32,23 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int, subtype: str = "PC
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, wave, sample_rate, subtype=subtype)
     return path
+
+
+def parity_fixture(name: str) -> dict:
+    """A fixture recorded by the official code (../shared/parity/<name>.pt) with its weights regenerated.
+
+    Skips when ../shared is absent, or when this torch draws other random weights than the recording did.
+    Keys of the returned dict: state_dict (official naming), input, outputs, outputs_doc, official, ...
+    """
+    import sys
+
+    folder = shared_path("parity")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    import weights
+
+    fixture = weights.load_fixture(str(folder / f"{name}.pt"))
+    bad = weights.check_digests(fixture["state_dict"], fixture["digests"])
+    if bad:
+        pytest.skip(f"this torch regenerates other weights for {name} ({len(bad)} keys differ)")
+    return fixture
