@@ -684,10 +684,41 @@ class LogMel(_FrontEnd):
 
 # --------------------------------------------------------------------------------------------- registry
 
+@dataclass(frozen=True)
+class WaveformConfig:
+    """Models that learn their own front-end from samples (PANNs 1-D CNNs, Wavegram) take the waveform."""
+
+    sample_rate: int = 32000
+
+    def __post_init__(self) -> None:
+        _require(self.sample_rate > 0, f"waveform: sample_rate must be > 0, got {self.sample_rate}")
+
+
+class Waveform(_FrontEnd):
+    """The identity front-end: (B, S) in, (B, S) out, so waveform models fit the same model contract."""
+
+    name = "waveform"
+
+    def __init__(self, config: WaveformConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.config = _resolve_config(WaveformConfig, config, overrides, self.name)
+
+    @property
+    def min_samples(self) -> int:
+        return 1
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples
+
+    def forward(self, wave: Tensor) -> Tensor:
+        return self._prepare(wave, torch.get_default_dtype() if not wave.is_floating_point() else wave.dtype)
+
+
 FRONTENDS: dict[str, type[_FrontEnd]] = {
     KaldiFbank.name: KaldiFbank,
     PasstMel.name: PasstMel,
     LogMel.name: LogMel,
+    Waveform.name: Waveform,
 }
 
 

@@ -16,7 +16,12 @@ __all__ = [
 ]
 
 # Family modules register their models when imported; they are imported on first use of the registry.
-_FAMILY_MODULES = ("tagger.models.panns", "tagger.models.psla", "tagger.models.efficientat")
+_FAMILY_MODULES = (
+    "tagger.models.panns",
+    "tagger.models.panns_1d",
+    "tagger.models.psla",
+    "tagger.models.efficientat",
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +69,12 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, num_classes: int = 527, **kwargs: Any) -> TaggerModel:
-    """Build a registered model; `arch` and `model_kwargs` are recorded on it for checkpoints."""
+def create_model(name: str, num_classes: int = 527, init: str | None = None, **kwargs: Any) -> TaggerModel:
+    """Build a registered model; `arch` and `model_kwargs` are recorded on it for checkpoints.
+
+    init="imagenet:/path/weights.pth" loads a local ImageNet checkpoint into the trunk, for families that
+    implement `init_from_imagenet(state_dict) -> list[str]` (notes on what was adapted or skipped).
+    """
     entry = model_entry(name)
     if num_classes < 1:
         raise TaggerError(f"num_classes must be >= 1, got {num_classes}")
@@ -75,7 +84,25 @@ def create_model(name: str, num_classes: int = 527, **kwargs: Any) -> TaggerMode
         raise TaggerError(f"{name}: {error}") from None
     model.arch = name
     model.model_kwargs = {"num_classes": num_classes, **kwargs}
+    if init is not None:
+        _initialise(model, init)
     return model
+
+
+def _initialise(model: TaggerModel, init: str) -> list[str]:
+    from tagger.checkpoint import read_torch_file
+
+    kind, _, path = init.partition(":")
+    if kind != "imagenet" or not path:
+        raise TaggerError(f"init {init!r} must look like imagenet:/path/to/weights.pth")
+    if not hasattr(model, "init_from_imagenet"):
+        raise TaggerError(f"{model.arch} has no ImageNet initialisation (only trunks with an ImageNet model do)")
+    state = read_torch_file(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise TaggerError(f"{path}: expected a state_dict of ImageNet weights")
+    return model.init_from_imagenet(state)
 
 
 def list_models() -> list[ModelEntry]:
