@@ -177,6 +177,50 @@ def extract_features_command(
         console.log(f"{result.failed} clips failed; see {result.out_dir / 'errors.csv'}")
 
 
+@app.command("models")
+@user_errors
+def models_command(
+    family: Annotated[str | None, typer.Option(help="Only this family, e.g. panns, psla, efficientat.")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """List every registered model: family, parameters (527 classes), sample rate, front-end, frame output."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.models.catalog import catalog
+
+    rows = catalog(family)
+    if not rows:
+        raise TaggerError(f"no models of family {family!r}; run `tagger models` to see all")
+    console.render(rows, fmt, title="models")
+
+
+@app.command("import-checkpoint")
+@user_errors
+def import_checkpoint_command(
+    family: Annotated[str, typer.Argument(help="Checkpoint family: panns, psla, efficientat.")],
+    path: Annotated[Path, typer.Argument(help="The official checkpoint file.")],
+    out: Annotated[Path, typer.Option(help="Where to write the tagger checkpoint (.pt).")],
+    arch: Annotated[str | None, typer.Option(help="Model name (see `tagger models`); inferred when omitted.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="class_labels_indices.csv naming the classes.")] = None,
+    task: Annotated[str, typer.Option(help="multilabel (sigmoid scores) or multiclass (softmax).")] = "multilabel",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    fmt: FormatOption = "table",
+) -> None:
+    """Convert an official checkpoint (AudioSet-trained weights etc.) into a self-describing tagger checkpoint."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.importing import import_checkpoint
+    from tagger.labels import LabelSet
+
+    label_set = LabelSet.from_csv(labels) if labels is not None else None
+    result = import_checkpoint(family, path, out, arch=arch, labels=label_set, task=task, force=force)
+    for note in result.notes:
+        console.log(f"note: {note}")
+    row = {"out": str(result.out), "arch": result.arch, "classes": result.num_classes,
+           "params_M": round(result.parameters / 1e6, 3)}
+    console.render([row], fmt, title="imported")
+
+
 def _parse_folds(text: str | None) -> list[int] | None:
     if text is None:
         return None
