@@ -25,13 +25,14 @@ def read_torch_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types here; all mean "this file is not for us"
         text = str(error)
-        if "Weights only load failed" in text or "weights_only" in text:
+        if "Unsupported global" in text or "not an allowed global" in text:
             raise TaggerError(
                 f"{path}: refused: the file needs Python code to load (a pickled object, not plain tensors); "
                 "re-save it as a state_dict with torch.save(model.state_dict(), ...)"
             ) from None
-        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        raise TaggerError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from None
+        raise TaggerError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind of file)"
+        ) from None
 
 
 def save_checkpoint(
