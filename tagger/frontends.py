@@ -116,9 +116,7 @@ def _reflect_padded(signal: Callable[[int, int], Tensor], lo: int, hi: int, leng
     return torch.cat(parts, -1)
 
 
-def _banded_mm(
-    weight: Tensor, bands: list[tuple[int, int, int, int]], power: Tensor, out: Tensor | None
-) -> Tensor:
+def _banded_mm(weight: Tensor, bands: list[tuple[int, int, int, int]], power: Tensor, out: Tensor | None) -> Tensor:
     """weight (F, K) @ power (N, K).T -> (F, N), multiplying only each band's non-zero block.
 
     A mel matrix is mostly zeros (a Kaldi 128 x 257 one is 98 % zeros); skipping them more than halves
@@ -194,9 +192,7 @@ def normalize(spec: Tensor, mean: float, std: float, std_scale: float = 1.0) -> 
 def fit_frames(spec: Tensor, target_length: int) -> Tensor:
     """Zero-pad the end or cut the tail of the last (time) axis to target_length, as AST/PSLA loaders do."""
     _require(
-        isinstance(target_length, numbers.Integral)
-        and not isinstance(target_length, bool)
-        and target_length > 0,
+        isinstance(target_length, numbers.Integral) and not isinstance(target_length, bool) and target_length > 0,
         f"fit_frames: target_length must be a positive int, got {target_length!r}",
     )
     frames = spec.shape[-1]
@@ -234,6 +230,7 @@ class KaldiFbankConfig:
     low_freq: float = 20.0
     high_freq: float = 0.0
     remove_dc_offset: bool = True
+    subtract_mean: bool = False  # the AST/PSLA training loaders remove the clip mean before the fbank
     target_length: int | None = None
     mean: float | None = None
     std: float | None = None
@@ -335,17 +332,19 @@ class LogMelConfig:
             f"panns-logmel: need 0 <= fmin < fmax <= {self.sample_rate / 2:g} Hz, got {self.fmin}, {fmax}",
         )
         _require(self.amin > 0 and self.ref > 0, "panns-logmel: amin and ref must be > 0")
-        _require(
-            self.top_db is None or self.top_db >= 0, f"panns-logmel: top_db must be >= 0, got {self.top_db}"
-        )
+        _require(self.top_db is None or self.top_db >= 0, f"panns-logmel: top_db must be >= 0, got {self.top_db}")
 
 
 KALDI_PRESETS: dict[str, KaldiFbankConfig] = {
-    "ast-audioset": KaldiFbankConfig(target_length=1024, mean=-4.2677393, std=4.5689974, std_scale=2.0),
-    "ast-esc50": KaldiFbankConfig(target_length=512, mean=-6.6268077, std=5.358466, std_scale=2.0),
-    "ast-speechcommands": KaldiFbankConfig(target_length=128, mean=-6.845978, std=5.5654526, std_scale=2.0),
-    "psla-audioset": KaldiFbankConfig(target_length=1056, mean=-4.6476, std=4.5699, std_scale=1.0),
-    "psla-fsd50k": KaldiFbankConfig(target_length=3000, mean=-4.6476, std=4.5699, std_scale=1.0),
+    "ast-audioset": KaldiFbankConfig(
+        target_length=1024, mean=-4.2677393, std=4.5689974, std_scale=2.0, subtract_mean=True
+    ),
+    "ast-esc50": KaldiFbankConfig(target_length=512, mean=-6.6268077, std=5.358466, std_scale=2.0, subtract_mean=True),
+    "ast-speechcommands": KaldiFbankConfig(
+        target_length=128, mean=-6.845978, std=5.5654526, std_scale=2.0, subtract_mean=True
+    ),
+    "psla-audioset": KaldiFbankConfig(target_length=1056, mean=-4.6476, std=4.5699, std_scale=1.0, subtract_mean=True),
+    "psla-fsd50k": KaldiFbankConfig(target_length=3000, mean=-4.6476, std=4.5699, std_scale=1.0, subtract_mean=True),
 }
 
 
@@ -441,6 +440,8 @@ class KaldiFbank(_FrontEnd):
 
     def forward(self, wave: Tensor) -> Tensor:
         wave = self._prepare(wave, self.window.dtype)
+        if self.config.subtract_mean:
+            wave = wave - wave.mean(dim=-1, keepdim=True)
         frames = wave.unfold(-1, self.frame_length, self.frame_shift)  # (B, T, L), a view
         batch, total, _ = frames.shape
         if wave.requires_grad:
@@ -631,9 +632,7 @@ class LogMel(_FrontEnd):
         imag = (-window * torch.sin(angle)).float().unsqueeze(1)
         return real, imag
 
-    def check_official_tensors(
-        self, conv_real: Tensor, conv_imag: Tensor, melW: Tensor, atol: float = 1e-5
-    ) -> None:
+    def check_official_tensors(self, conv_real: Tensor, conv_imag: Tensor, melW: Tensor, atol: float = 1e-5) -> None:
         """Raise TaggerError naming the first official front-end tensor that differs from this front-end."""
         real, imag = self.dft_kernels()
         expected = {
@@ -657,9 +656,7 @@ class LogMel(_FrontEnd):
                     "the checkpoint was made with other front-end settings"
                 )
 
-    def load_official_tensors(
-        self, conv_real: Tensor, conv_imag: Tensor, melW: Tensor, atol: float = 1e-5
-    ) -> None:
+    def load_official_tensors(self, conv_real: Tensor, conv_imag: Tensor, melW: Tensor, atol: float = 1e-5) -> None:
         """Check the official tensors, then adopt the checkpoint's melW bit for bit."""
         self.check_official_tensors(conv_real, conv_imag, melW, atol=atol)
         with torch.no_grad():
@@ -683,6 +680,7 @@ class LogMel(_FrontEnd):
 
 
 # --------------------------------------------------------------------------------------------- registry
+
 
 @dataclass(frozen=True)
 class WaveformConfig:
