@@ -669,6 +669,7 @@ _CLASSIFIER_KEYS = ("fc_audioset.weight", "att_block.cla.weight")
 _UNUSED_OFFICIAL = {
     "bn0.": "Wavegram_Cnn14",
     "conv_block1.": "Wavegram_Cnn14",
+    "conv_block1.downsample.": "DaiNet19",
     "conv_block1.bn_downsample.": "DaiNet19",
     "att_block.bn_att.": "Cnn14_DecisionLevelAtt",
 }

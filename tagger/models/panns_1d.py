@@ -9,34 +9,22 @@ from tagger.errors import TaggerError
 from tagger.frontends import Waveform
 from tagger.models import register_model
 from tagger.models.base import TaggerModel, TaggerOutput
+from tagger.models.panns import init_bn, init_layer
 
 __all__ = ["LeeNet", "DaiNet19", "Res1dNet", "PannsWaveModel"]
 
 SAMPLE_RATE = 32000
 
 
-def _init_layer(layer: nn.Module) -> None:
-    """Xavier-uniform weights and zero bias, the official init_layer."""
-    nn.init.xavier_uniform_(layer.weight)
-    if getattr(layer, "bias", None) is not None:
-        nn.init.zeros_(layer.bias)
-
-
-def _init_bn(bn: nn.Module, weight: float = 1.0) -> None:
-    """BatchNorm weight 1 (0 for the last BN of a residual branch, so each block starts as identity), bias 0."""
-    nn.init.constant_(bn.weight, weight)
-    nn.init.zeros_(bn.bias)
-
-
 def _conv1d(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> nn.Conv1d:
     conv = nn.Conv1d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=False)
-    _init_layer(conv)
+    init_layer(conv)
     return conv
 
 
 def _bn1d(channels: int, weight: float = 1.0) -> nn.BatchNorm1d:
     bn = nn.BatchNorm1d(channels)
-    _init_bn(bn, weight)
+    init_bn(bn, weight)
     return bn
 
 
@@ -62,8 +50,8 @@ class PannsWaveModel(TaggerModel):
         """Called last in each constructor so fc1 / fc_audioset come last in the state_dict, as officially."""
         self.fc1 = nn.Linear(in_dim, self._embed_dim)
         self.fc_audioset = nn.Linear(self._embed_dim, self._num_classes)
-        _init_layer(self.fc1)
-        _init_layer(self.fc_audioset)
+        init_layer(self.fc1)
+        init_layer(self.fc_audioset)
 
     @property
     def num_classes(self) -> int:
@@ -158,18 +146,21 @@ class _DaiNetBlock(nn.Module):
 
     The shortcut is the identity when the channel count is unchanged (the official `input.shape == x.shape`,
     equivalent since k3/padding 1 keeps the length), else a 1x1 conv + BN. The official block always builds
-    `downsample` / `bn_downsample`, so conv_block1 carries them unused; we keep them for identical keys.
+    `downsample` / `bn_downsample`, so its conv_block1 carries them unused; we build them only where they are
+    used (every parameter then gets a gradient, as DDP needs), and the importer drops the unused official keys.
     """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
+        self.identity_shortcut = cin == cout
         for index in range(1, 5):
             self.add_module(f"conv{index}", _conv1d(cin if index == 1 else cout, cout, 3, padding=1))
-        self.downsample = _conv1d(cin, cout, 1)
+        if not self.identity_shortcut:
+            self.downsample = _conv1d(cin, cout, 1)
         for index in range(1, 5):
             self.add_module(f"bn{index}", _bn1d(cout, weight=0.0 if index == 4 else 1.0))
-        self.bn_downsample = _bn1d(cout)
-        self.identity_shortcut = cin == cout
+        if not self.identity_shortcut:
+            self.bn_downsample = _bn1d(cout)
 
     def forward(self, inp: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(inp)))

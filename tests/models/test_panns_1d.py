@@ -34,6 +34,14 @@ FIXTURES = {
     "panns_res1dnet31": "panns-res1dnet31",
 }
 TOL = 1e-4
+# Official modules that forward never calls (DaiNet19's conv_block1 shortcut): not built here, dropped on import.
+UNUSED_PREFIXES = {"panns-dainet19": ("conv_block1.downsample.", "conv_block1.bn_downsample.")}
+UNUSED_PARAMS = {"panns-dainet19": 64 * 64 + 2 * 64}
+
+
+def _official_keys_we_build(name: str, spec) -> dict:
+    unused = UNUSED_PREFIXES.get(name, ())
+    return {key: tuple(shape) for key, shape, *_ in spec if not key.startswith(unused)}
 
 
 def _meta_model(name: str, num_classes: int = 527):
@@ -47,7 +55,8 @@ def loaded(request):
     """(fixture, our model with the fixture's official state_dict loaded as is, in eval mode)."""
     fixture = parity_fixture(request.param)
     model = create_model(FIXTURES[request.param]).eval()
-    load_state(model, fixture["state_dict"], "fixture")
+    unused = UNUSED_PREFIXES.get(FIXTURES[request.param], ())
+    load_state(model, {k: v for k, v in fixture["state_dict"].items() if not k.startswith(unused)}, "fixture")
     return fixture, model
 
 
@@ -68,7 +77,7 @@ def test_registry_entries():
 def test_parameter_counts_match_official_table(name):
     model = _meta_model(name)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert round(count / 1e6, 3) == OFFICIAL_PARAMS_M[name]
+    assert round((count + UNUSED_PARAMS.get(name, 0)) / 1e6, 3) == OFFICIAL_PARAMS_M[name]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -116,7 +125,7 @@ def test_res1dnet51_keys_follow_the_official_layout():
 def test_official_key_names_and_shapes(loaded):
     fixture, model = loaded
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert own == {key: tuple(shape) for key, shape, *_ in fixture["spec"]}
+    assert own == _official_keys_we_build(model.arch, fixture["spec"])
 
 
 def test_parity_with_official_outputs(loaded):
