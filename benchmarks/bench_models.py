@@ -12,6 +12,7 @@ run, same machine type), marked as such.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tagger.models import create_model  # noqa: E402
+from tagger.models.inference import FastInference  # noqa: E402
 
 # Official forward times (s) from ../shared/parity/README.md, 2026-11-21, 2-vCPU AMD EPYC, torch 2.14.1.
 RECORDED = {
@@ -54,6 +56,7 @@ EFFICIENTAT_WIDTH = {"efficientat-mn10": 1.0, "efficientat-mn04": 0.4}
 class Case:
     name: str
     ours: Callable[[torch.Tensor], object]
+    fast: Callable[[torch.Tensor], object]
     official: Callable[[torch.Tensor], object] | None
     make_input: Callable[[int], torch.Tensor]
 
@@ -87,7 +90,7 @@ def panns_case(name: str, repo: Path | None) -> Case:
             sample_rate=rate, window_size=win, hop_size=hop, mel_bins=64, fmin=50, fmax=fmax, classes_num=527
         ).eval()
         official = net
-    return Case(name, ours, official, _wave(ours.sample_rate))
+    return Case(name, ours, FastInference(ours), official, _wave(ours.sample_rate))
 
 
 def psla_case(name: str, repo: Path | None) -> Case:
@@ -100,8 +103,14 @@ def psla_case(name: str, repo: Path | None) -> Case:
 
         net = EffNetAttention(label_dim=527, b=2, pretrain=False, head_num=PSLA_HEADS[name]).eval()
         official = net
-    return Case(name, lambda x: ours.forward_features(x.transpose(1, 2)), official,
-                lambda batch: torch.randn(batch, 1056, 128))
+    fast = FastInference(ours)
+    return Case(
+        name,
+        lambda x: ours.forward_features(x.transpose(1, 2)),
+        lambda x: fast.forward_features(x.transpose(1, 2)),
+        official,
+        lambda batch: torch.randn(batch, 1056, 128),
+    )
 
 
 def efficientat_case(name: str, repo: Path | None) -> Case:
@@ -109,13 +118,15 @@ def efficientat_case(name: str, repo: Path | None) -> Case:
     official = None
     if repo is not None:
         sys.path.insert(0, str(repo))
-        from models.mn.model import get_model  # the user's checkout of EfficientAT
-        from models.preprocess import AugmentMelSTFT
+        sys.modules.pop("models", None)  # PANNs' models.py (a module) would shadow EfficientAT's models/ package
+        with contextlib.chdir(repo):  # its helpers read metadata/ relative to the checkout at import time
+            from models.mn.model import get_model  # the user's checkout of EfficientAT
+            from models.preprocess import AugmentMelSTFT
 
         net = get_model(num_classes=527, pretrained_name=None, width_mult=EFFICIENTAT_WIDTH[name]).eval()
         mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320).eval()
         official = lambda wave: net(mel(wave).unsqueeze(1))  # noqa: E731
-    return Case(name, ours, official, _wave(32000))
+    return Case(name, ours, FastInference(ours), official, _wave(32000))
 
 
 def main() -> None:
@@ -130,22 +141,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, eval + inference_mode, median of {args.repeats}")
-    print("| model | batch | tagger s | official s (same run) | ratio | official s (recorded) | ratio vs recorded |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | batch | tagger eager s | tagger fast s | official s | official / fast | official / eager "
+          "| official s (recorded) | recorded / fast |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         family = name.split("-")[0]
         build = {"panns": panns_case, "psla": psla_case, "efficientat": efficientat_case}[family]
         case = build(name, getattr(args, family))
         for i, batch in enumerate(args.batches):
             x = case.make_input(batch)
-            fns = [case.ours] + ([case.official] if case.official else [])
+            fns = [case.ours, case.fast] + ([case.official] if case.official else [])
             with torch.inference_mode():
-                ours, *rest = median_times(fns, x, args.repeats)
+                ours, fast, *rest = median_times(fns, x, args.repeats)
             theirs = rest[0] if rest else None
             recorded = RECORDED.get(name, (None, None))[min(i, 1)] if batch in (1, 8) else None
-            same = f"{theirs:.3f} | {theirs / ours:.2f}×" if theirs else "– | –"
-            rec = f"{recorded:.3f} | {recorded / ours:.2f}×" if recorded else "– | –"
-            print(f"| {name} | {batch} | {ours:.3f} | {same} | {rec} |", flush=True)
+            same = f"{theirs:.3f} | {theirs / fast:.2f}× | {theirs / ours:.2f}×" if theirs else "– | – | –"
+            rec = f"{recorded:.3f} | {recorded / fast:.2f}×" if recorded else "– | –"
+            print(f"| {name} | {batch} | {ours:.3f} | {fast:.3f} | {same} | {rec} |", flush=True)
 
 
 if __name__ == "__main__":

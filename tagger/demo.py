@@ -51,6 +51,8 @@ def main() -> None:
         "--format",
         "json",
     )
+    print("\nThe model zoo: every registered convolutional tagger, here the EfficientAT family.")
+    run("models", "--family", "efficientat")
     print(f"\nDone. Audio, manifests and feature stores are in {OUT}/")
 
 
