@@ -191,6 +191,8 @@ def models_command(
     rows = catalog(family)
     if not rows:
         raise TaggerError(f"no models of family {family!r}; run `tagger models` to see all")
+    if fmt == "table":  # descriptions stay in the JSON/CSV output, where width does not matter
+        rows = [{k: v for k, v in row.items() if k != "description"} for row in rows]
     console.render(rows, fmt, title="models")
 
 

@@ -22,7 +22,8 @@ from rich.table import Table
 
 OUTPUT_FORMATS = ("table", "json", "csv")
 
-stdout = Console(soft_wrap=True)
+# Piped output has no terminal width; rich would assume 80 columns and squash wide tables.
+stdout = Console(soft_wrap=True, width=None if Console().is_terminal else 200)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -84,5 +85,5 @@ def _columns(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.6g}"
     return "" if value is None else str(value)
