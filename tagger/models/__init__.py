@@ -21,6 +21,9 @@ _FAMILY_MODULES = (
     "tagger.models.panns_1d",
     "tagger.models.psla",
     "tagger.models.efficientat",
+    "tagger.models.passt",
+    "tagger.models.ast",
+    "tagger.models.htsat",
 )
 
 
