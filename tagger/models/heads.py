@@ -125,3 +125,30 @@ class MultiHeadAttentionPooling(nn.Module):
         clip = (per_head * weight).sum(1)
         frame = (cla * weight.unsqueeze(-1)).sum(1)
         return Pooled(clip, frame, norm)
+
+
+class TokenSemanticHead(nn.Conv2d):
+    """HTS-AT's token-semantic (tscam) head: per-time-step class logits from the last Swin token grid.
+
+    The grid (B, C, H, W) holds `freq_ratio` time chunks stacked along H (the spectrogram was folded that way);
+    un-stacking them gives (B, C, H // freq_ratio, freq_ratio * W): a few frequency rows by S time steps. The
+    convolution spans all rows and 3 steps, so each step gets one logit per class. It subclasses Conv2d so the
+    weights keep the official keys `tscam_conv.weight` / `tscam_conv.bias`.
+
+    forward(tokens) -> (clip logits (B, K) = mean over the steps, step logits (B, K, S), latent (B, C) = mean
+    of all tokens). The official clip output is sigmoid of that mean, i.e. the mean is taken before the sigmoid.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, freq_rows: int, freq_ratio: int) -> None:
+        super().__init__(in_channels, num_classes, kernel_size=(freq_rows, 3), padding=(0, 1))
+        self.freq_ratio = freq_ratio
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        b, c, h, w = tokens.shape
+        rows = self.kernel_size[0]
+        if h != rows * self.freq_ratio:
+            raise TaggerError(f"token-semantic head: expected {rows * self.freq_ratio} token rows, got {h}")
+        x = tokens.reshape(b, c, self.freq_ratio, rows, w).transpose(2, 3).reshape(b, c, rows, self.freq_ratio * w)
+        latent = x.flatten(2).mean(-1)
+        steps = super().forward(x).flatten(2)
+        return steps.mean(-1), steps, latent
