@@ -25,6 +25,7 @@ from tagger.errors import TaggerError
 from tagger.frontends import KALDI_PRESETS, build_frontend
 from tagger.models import ImportedWeights, register_importer, register_model
 from tagger.models.base import TaggerModel, TaggerOutput
+from tagger.models.official import find_state_dict
 
 __all__ = ["AST", "SIZES", "adapt_pos_embed", "import_ast", "patch_grid"]
 
@@ -236,7 +237,7 @@ class AST(TaggerModel):
         (24x24 for 384, 14x14 for 224) is cut or interpolated to this model's patch grid (adapt_pos_embed);
         the DeiT heads `head` / `head_dist` are not loaded and `mlp_head` stays random.
         """
-        state = _unwrap(state_dict, "ImageNet DeiT weights")
+        state = find_state_dict(state_dict, "ImageNet DeiT weights")[0]
         state = {k.removeprefix("module."): v for k, v in state.items()}
         dim = self.mlp_head[0].normalized_shape[0]
         deit = SIZES[self.size][3]
@@ -305,21 +306,6 @@ for _size in SIZES:
 
 
 # --------------------------------------------------------------------------------------------- importer
-
-
-def _unwrap(raw: Any, what: str) -> dict[str, Any]:
-    """The dict of tensors inside a raw file: itself, or under 'state_dict' / 'model' for wrapped saves."""
-    state = raw
-    for _ in range(2):
-        if not isinstance(state, Mapping) or any(isinstance(v, Tensor) for v in state.values()):
-            break
-        inner = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, Mapping) or not any(isinstance(v, Tensor) for v in state.values()):
-        raise TaggerError(f"expected {what} (a dict of tensors), got {type(raw).__name__}")
-    return {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
 
 
 def _strip_prefix(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
@@ -408,7 +394,7 @@ def import_ast(raw: Any, arch: str | None = None, model_kwargs: Mapping[str, Any
     unknown = sorted(set(kwargs) - set(_MODEL_KEYS))
     if unknown:
         raise TaggerError(f"AST import: unknown model_kwargs {', '.join(unknown)}; valid: {', '.join(_MODEL_KEYS)}")
-    state, notes = _strip_prefix(_unwrap(raw, "an AST state_dict"))
+    state, notes = _strip_prefix(find_state_dict(raw, "an AST state_dict")[0])
     for key in ("v.cls_token", "v.dist_token", "v.patch_embed.proj.weight", "mlp_head.1.weight"):
         if key not in state:
             raise TaggerError(f"AST checkpoint without {key}; expected the keys of YuanGongND/ast ASTModel")

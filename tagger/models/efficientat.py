@@ -14,6 +14,7 @@ from tagger.frontends import PasstMel
 from tagger.models import ImportedWeights, register_importer, register_model
 from tagger.models.base import TaggerModel, TaggerOutput
 from tagger.models.mobilenetv3 import build_features, head_hidden, init_weights, last_channels
+from tagger.models.official import find_state_dict
 
 # Official NAME_TO_WIDTH for the released AudioSet models.
 WIDTHS = {"mn01": 0.1, "mn02": 0.2, "mn04": 0.4, "mn05": 0.5, "mn10": 1.0, "mn20": 2.0, "mn30": 3.0, "mn40": 4.0}
@@ -180,17 +181,7 @@ for _name, _width in WIDTHS.items():
 def _unwrap(raw: Any) -> tuple[dict[str, Any], list[str]]:
     """The official-name state_dict inside a file: unwraps {"state_dict": ...}-style dicts and strips a
     prefix such as `module.` (DataParallel) or `model.` (the Lightning training script)."""
-    state = raw
-    for _ in range(2):
-        if not isinstance(state, Mapping) or any(isinstance(v, Tensor) for v in state.values()):
-            break
-        inner = next((state[k] for k in ("state_dict", "model", "model_state_dict", "net") if isinstance(
-            state.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, Mapping):
-        raise TaggerError(f"expected an EfficientAT state_dict (a dict of tensors), got {type(raw).__name__}")
+    state, _ = find_state_dict(raw, "an EfficientAT state_dict")
     stem = next((k for k in state if isinstance(k, str) and k.endswith(_STEM_KEY)), None)
     if stem is None or not isinstance(state[stem], Tensor):
         sample = ", ".join(list(map(str, state))[:3]) or "nothing"

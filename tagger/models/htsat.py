@@ -28,6 +28,7 @@ from tagger.frontends import LogMel
 from tagger.models import ImportedWeights, create_model, register_importer, register_model
 from tagger.models.base import TaggerModel, TaggerOutput
 from tagger.models.heads import TokenSemanticHead
+from tagger.models.official import find_state_dict
 
 __all__ = ["HTSAT", "SwinStage", "import_htsat"]
 
@@ -298,12 +299,7 @@ _BUFFERS = ("attn_mask", "relative_position_index")
 
 def _unwrap(raw: Any) -> tuple[dict[str, Tensor], list[str]]:
     """The official-name state_dict in a Lightning checkpoint ({"state_dict": {"sed_model.…"}}) or a raw one."""
-    state, notes = raw, []
-    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
-        state = raw["state_dict"]
-        notes.append("read the Lightning checkpoint's state_dict")
-    if not isinstance(state, Mapping):
-        raise TaggerError(f"expected an HTS-AT checkpoint (a dict of tensors), got {type(raw).__name__}")
+    state, notes = find_state_dict(raw, "an HTS-AT checkpoint")
     marker = next((k for k in state if isinstance(k, str) and k.endswith(_MARKER) and "tscam" not in k), None)
     if marker is None or not any(isinstance(k, str) and k.endswith("tscam_conv.weight") for k in state):
         sample = ", ".join(list(map(str, state))[:3]) or "nothing"

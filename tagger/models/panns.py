@@ -19,6 +19,7 @@ from tagger.errors import TaggerError
 from tagger.frontends import LogMel, LogMelConfig, Waveform
 from tagger.models import ImportedWeights, create_model, list_models, model_entry, register_importer, register_model
 from tagger.models.base import TaggerModel, TaggerOutput, logit_from_probability
+from tagger.models.official import find_state_dict
 
 __all__ = [
     "AttBlock", "Cnn", "Cnn14DecisionLevel", "Cnn14DecisionLevelAtt", "Cnn14DecisionLevelAvg",
@@ -692,18 +693,7 @@ def _layout(arch: str, num_classes: int) -> tuple[dict[str, tuple[int, ...]], st
 
 def _unwrap(raw: Any) -> tuple[dict[str, Tensor], list[str]]:
     """The state_dict inside an official {'model': sd, ...} file or a raw one, without 'module.' prefixes."""
-    notes = []
-    state = raw
-    if isinstance(raw, dict):
-        for wrapper in ("model", "state_dict"):
-            if isinstance(raw.get(wrapper), dict):
-                state, notes = raw[wrapper], [f"read the state_dict from the checkpoint's {wrapper!r} entry"]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise TaggerError(
-            "not a PANNs checkpoint: expected a state_dict of tensors or {'model': state_dict} "
-            "(the official audioset_tagging_cnn .pth layout)"
-        )
+    state, notes = find_state_dict(raw, "a PANNs checkpoint (the audioset_tagging_cnn {'model': state_dict} .pth)")
     if any(key.startswith("module.") for key in state):
         state = {key.removeprefix("module."): value for key, value in state.items()}
         notes.append("stripped the 'module.' prefix (DataParallel)")

@@ -18,6 +18,7 @@ from tagger.errors import TaggerError
 from tagger.frontends import PasstMel
 from tagger.models import ImportedWeights, register_importer, register_model
 from tagger.models.base import TaggerModel, TaggerOutput
+from tagger.models.official import find_state_dict
 
 PATCH = 16
 INPUT_FDIM = 128  # mel bins of the passt-mel front-end
@@ -410,16 +411,7 @@ def _unwrap(raw: Any) -> tuple[dict[str, Tensor], list[str]]:
     copy), and the front-end's `mel.*` buffers. The official repo ships no loader for them; its `-swa`
     releases are the averaged weights, so `net_swa.*` is preferred when present.
     """
-    state = raw
-    for _ in range(2):
-        if not isinstance(state, Mapping) or any(isinstance(v, Tensor) for v in state.values()):
-            break
-        inner = next((state[k] for k in ("state_dict", "model", "net") if isinstance(state.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, Mapping):
-        raise TaggerError(f"expected a PaSST state_dict (a dict of tensors), got {type(raw).__name__}")
+    state, _ = find_state_dict(raw, "a PaSST state_dict")
     prefixes = sorted({k[: -len("time_new_pos_embed")] for k in state
                        if isinstance(k, str) and k.endswith("time_new_pos_embed")})
     if not prefixes:

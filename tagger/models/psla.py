@@ -20,6 +20,7 @@ from tagger.models import ImportedWeights, register_importer, register_model
 from tagger.models.base import TaggerModel, TaggerOutput, logit_from_probability
 from tagger.models.efficientnet import VARIANTS, EfficientNet, imagenet_to_trunk, trunk_signature
 from tagger.models.heads import AttentionPooling, MeanPooling, MultiHeadAttentionPooling, Pooled
+from tagger.models.official import find_state_dict
 
 __all__ = ["PSLA", "HEADS", "psla_arch"]
 
@@ -124,16 +125,6 @@ for _variant in VARIANTS:
 # --------------------------------------------------------------------------------------------- importer
 
 
-def _unwrap(raw: Any) -> dict[str, Any]:
-    """The state_dict inside a raw file: itself, or under 'state_dict' / 'model' for wrapped saves."""
-    if isinstance(raw, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(raw.get(key), dict):
-                return raw[key]
-        return raw
-    raise TaggerError(f"not a PSLA checkpoint: expected a state_dict, got {type(raw).__name__}")
-
-
 def _detect_head(state: dict[str, Any]) -> str:
     if "attention.head_weight" in state:
         heads = state["attention.head_weight"].shape[0]
@@ -151,7 +142,7 @@ def _detect_head(state: dict[str, Any]) -> str:
 def import_psla(raw: Any, arch: str | None) -> ImportedWeights:
     """Official PSLA EffNetAttention files: raw state_dicts saved from DataParallel (`module.effnet.*`,
     `module.attention.*`), e.g. as_mdl_0.pth, as_mdl_0_wa.pth, fsd_mdl_best_single.pth, fsd_mdl_wa.pth."""
-    source = _unwrap(raw)
+    source = find_state_dict(raw, "a PSLA checkpoint")[0]
     state = {k.removeprefix("module."): v for k, v in source.items()}
     if "effnet._conv_stem.weight" not in state:
         first = next(iter(source), "(empty)")
