@@ -130,6 +130,27 @@ def efficientat_case(name: str, repo: Path | None) -> Case:
     return Case(name, ours, FastInference(ours), official, _wave(32000))
 
 
+def htsat_official(repo: Path) -> Callable[[torch.Tensor], object]:
+    """The official HTSAT_Swin_Transformer with the AudioSet config.py of the checkout."""
+    import types
+
+    sys.path.insert(0, str(repo))
+    helpers = types.ModuleType("utils")  # the repo's utils.py imports h5py, museval, ...; the model needs two helpers
+    helpers.do_mixup = lambda x, lam: x
+    helpers.interpolate = lambda x, ratio: x.repeat_interleave(ratio, dim=1)
+    sys.modules["utils"] = helpers
+    import config  # the user's checkout of HTS-Audio-Transformer
+    from model.htsat import HTSAT_Swin_Transformer
+
+    net = HTSAT_Swin_Transformer(
+        spec_size=config.htsat_spec_size, patch_size=config.htsat_patch_size, in_chans=1,
+        num_classes=config.classes_num, window_size=config.htsat_window_size, config=config,
+        depths=config.htsat_depth, embed_dim=config.htsat_dim, patch_stride=config.htsat_stride,
+        num_heads=config.htsat_num_head,
+    ).eval()
+    return lambda wave: net(wave, None, infer_mode=False)
+
+
 def transformer_case(name: str, repo: Path | None) -> Case:
     """AST is timed on its normalised fbank (as the recorded official timing); PaSST and HTS-AT on the wave."""
     ours = create_model(name).eval()
@@ -137,7 +158,8 @@ def transformer_case(name: str, repo: Path | None) -> Case:
     if name.startswith("ast"):
         fbank = lambda batch: torch.randn(batch, 128, 1024)  # noqa: E731
         return Case(name, ours.forward_features, fast.forward_features, None, fbank)
-    return Case(name, ours, fast, None, _wave(ours.sample_rate))
+    official = htsat_official(repo) if name.startswith("htsat") and repo is not None else None
+    return Case(name, ours, fast, official, _wave(ours.sample_rate))
 
 
 def main() -> None:
@@ -149,6 +171,7 @@ def main() -> None:
     parser.add_argument("--panns", type=Path, help="checkout of qiuqiangkong/audioset_tagging_cnn")
     parser.add_argument("--psla", type=Path, help="checkout of YuanGongND/psla")
     parser.add_argument("--efficientat", type=Path, help="checkout of fschmid56/EfficientAT")
+    parser.add_argument("--htsat", type=Path, help="checkout of RetroCirce/HTS-Audio-Transformer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, eval + inference_mode, median of {args.repeats}")
