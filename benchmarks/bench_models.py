@@ -151,6 +151,35 @@ def htsat_official(repo: Path) -> Callable[[torch.Tensor], object]:
     return lambda wave: net(wave, None, infer_mode=False)
 
 
+def passt_official(repo: Path) -> Callable[[torch.Tensor], object]:
+    """The official PaSST net + AugmentMelSTFT of the AudioSet experiment (ex_audioset.py settings)."""
+    import types
+
+    class Ingredient:  # the sacred/ba3l training framework is not needed to build the model
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def add_config(self, *args, **kwargs):
+            pass
+
+        def command(self, function=None, **kwargs):
+            return function if function else (lambda f: f)
+
+    for module in ("ba3l", "ba3l.ingredients", "ba3l.ingredients.ingredient"):
+        sys.modules[module] = types.ModuleType(module)
+    sys.modules["ba3l.ingredients.ingredient"].Ingredient = Ingredient
+    sys.path.insert(0, str(repo))
+    sys.modules.pop("models", None)
+    from models.passt import get_model  # the user's checkout of kkoutini/PaSST
+    from models.preprocess import AugmentMelSTFT
+
+    net = get_model(arch="passt_s_swa_p16_128_ap476", pretrained=False, n_classes=527, in_channels=1, fstride=10,
+                    tstride=10, input_fdim=128, input_tdim=998, u_patchout=0, s_patchout_t=40, s_patchout_f=4).eval()
+    mel = AugmentMelSTFT(n_mels=128, sr=32000, win_length=800, hopsize=320, n_fft=1024, freqm=48, timem=192,
+                         htk=False, fmin=0.0, fmax=None, norm=1, fmin_aug_range=10, fmax_aug_range=2000).eval()
+    return lambda wave: net(mel(wave).unsqueeze(1))
+
+
 def transformer_case(name: str, repo: Path | None) -> Case:
     """AST is timed on its normalised fbank (as the recorded official timing); PaSST and HTS-AT on the wave."""
     ours = create_model(name).eval()
@@ -158,7 +187,9 @@ def transformer_case(name: str, repo: Path | None) -> Case:
     if name.startswith("ast"):
         fbank = lambda batch: torch.randn(batch, 128, 1024)  # noqa: E731
         return Case(name, ours.forward_features, fast.forward_features, None, fbank)
-    official = htsat_official(repo) if name.startswith("htsat") and repo is not None else None
+    official = None
+    if repo is not None:
+        official = htsat_official(repo) if name.startswith("htsat") else passt_official(repo)
     return Case(name, ours, fast, official, _wave(ours.sample_rate))
 
 
@@ -172,6 +203,7 @@ def main() -> None:
     parser.add_argument("--psla", type=Path, help="checkout of YuanGongND/psla")
     parser.add_argument("--efficientat", type=Path, help="checkout of fschmid56/EfficientAT")
     parser.add_argument("--htsat", type=Path, help="checkout of RetroCirce/HTS-Audio-Transformer")
+    parser.add_argument("--passt", type=Path, help="checkout of kkoutini/PaSST")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, eval + inference_mode, median of {args.repeats}")
