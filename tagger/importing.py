@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tagger.checkpoint import load_state, read_torch_file, save_checkpoint
+from tagger.checkpoint import read_torch_file, save_checkpoint
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
-from tagger.models import create_model, importer
+from tagger.models import importer
 
 
 @dataclass
@@ -41,8 +41,7 @@ def import_checkpoint(
         raise TaggerError(f"{out} exists; choose another --out or pass --force to replace it")
     convert = importer(family)
     weights = convert(read_torch_file(path), arch)
-    model = create_model(weights.arch, **weights.model_kwargs)
-    load_state(model, weights.state_dict, source=str(path))
+    model = weights.build_model(source=str(path))
     notes = list(weights.notes)
     if labels is None:
         labels = numbered_labels(model.num_classes)

@@ -15,7 +15,6 @@ from tagger.cli import app
 from tagger.models import create_model
 
 runner = CliRunner()
-pytest.importorskip("tagger.models.efficientat")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,6 @@ def test_unknown_family(official_file, tmp_path):
 
 
 def test_file_of_another_family_is_refused(official_file, tmp_path):
-    pytest.importorskip("tagger.models.panns")
     result = runner.invoke(app, ["import-checkpoint", "panns", str(official_file[0]), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -57,11 +57,7 @@ def register_model(
 
 def _load_families() -> None:
     for module in _FAMILY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:  # a family not built yet is simply absent from the registry
-            if error.name != module:
-                raise
+        importlib.import_module(module)
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -121,6 +117,14 @@ class ImportedWeights:
     model_kwargs: dict[str, Any]  # includes num_classes
     state_dict: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # what was dropped or checked, shown to the user
+
+    def build_model(self, source: str) -> TaggerModel:
+        """The model these weights describe, loaded strictly (a mismatch names `source` and the first bad key)."""
+        from tagger.checkpoint import load_state
+
+        model = create_model(self.arch, **self.model_kwargs)
+        load_state(model, self.state_dict, source=source)
+        return model.eval()
 
 
 _IMPORTERS: dict[str, Callable[[Any, str | None], ImportedWeights]] = {}

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import parity_fixture
 
-from tagger.checkpoint import load_state
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models
 from tagger.models.ast import SIZES, adapt_pos_embed, patch_grid
@@ -229,8 +228,7 @@ def test_importer_infers_size_grid_and_drops_heads():
     assert weights.model_kwargs == {"num_classes": 7, "fstride": 10, "tstride": 10, "input_tdim": 100}
     assert not any(k.startswith(("v.head.", "v.head_dist.")) for k in weights.state_dict)
     assert any("dropped 4" in n for n in weights.notes) and any("stride 10/10 assumed" in n for n in weights.notes)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "test")
+    model = weights.build_model("test")
     spec = torch.randn(1, 128, 100)
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(spec).logits, source.forward_features(spec).logits)
@@ -256,8 +254,7 @@ def test_importer_adapts_to_another_length():
     expected = adapt_pos_embed(raw["module.v.pos_embed"], (12, 101), (12, 50))
     torch.testing.assert_close(weights.state_dict["v.pos_embed"], expected, rtol=0, atol=0)
     assert any("12x101 to the 12x50" in n and "cut from the middle" in n for n in weights.notes)
-    model = create_model(weights.arch, **weights.model_kwargs)
-    load_state(model, weights.state_dict, "test")
+    weights.build_model("test")  # the adapted embedding loads strictly into a 512-frame model
     longer = importer("ast")(raw, None, {"input_tdim": 2048})
     assert longer.state_dict["v.pos_embed"].shape == (1, 2 + 12 * 204, 192)
     assert any("bilinear" in n for n in longer.notes)
@@ -362,8 +359,7 @@ def test_parity_with_official(fixture, arch, waveform):
     kwargs = fx["official"]["constructor_kwargs"]
     assert weights.arch == arch and weights.model_kwargs == {
         "num_classes": kwargs["label_dim"], "fstride": 10, "tstride": 10, "input_tdim": kwargs["input_tdim"]}
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, fixture)
+    model = weights.build_model(fixture)
     expected = fx["outputs"]
     with torch.inference_mode():
         spec = model.frontend(fx["source_waveform"])

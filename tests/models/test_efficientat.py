@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import parity_fixture, shared_path
 
-from tagger.checkpoint import load_state
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models
 from tagger.models.efficientat import WIDTHS
@@ -129,8 +128,7 @@ def test_importer_infers_width_and_classes_through_wrappers():
     weights = importer("efficientat")(wrapped, None)
     assert weights.arch == "efficientat-mn02" and weights.model_kwargs == {"num_classes": 7}
     assert any("module." in note for note in weights.notes)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "test")
+    model = weights.build_model("test")
     spec = torch.randn(1, 128, 64)
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(spec).logits, source.forward_features(spec).logits)
@@ -145,7 +143,7 @@ def test_importer_detects_other_heads(head, extra):
     source = create_model("efficientat-mn01", num_classes=5, head_type=head, **extra)
     weights = importer("efficientat")(source.state_dict(), None)
     assert weights.model_kwargs == {"num_classes": 5, "head_type": head, **extra}
-    load_state(create_model(weights.arch, **weights.model_kwargs), weights.state_dict, "test")
+    weights.build_model("test")
 
 
 def test_importer_refuses_other_files():
@@ -221,8 +219,7 @@ def test_parity_with_official(fixture, arch):
     assert [k for k, *_ in fx["spec"]] == list(create_model(arch).state_dict())
     weights = importer("efficientat")(fx["state_dict"], None)
     assert weights.arch == arch
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, fixture)
+    model = weights.build_model(fixture)
     expected = fx["outputs"]
     with torch.inference_mode():
         mel = model.frontend(fx["input"])
@@ -247,8 +244,7 @@ def mn04_as():
 
     raw = torch.load(folder / "mn04_as_mAP_432.pt", map_location="cpu", weights_only=True)
     weights = importer("efficientat")(raw, None)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "mn04_as_mAP_432.pt")
+    model = weights.build_model("mn04_as_mAP_432.pt")
     return raw, model, LabelSet.from_csv(folder / "class_labels_indices.csv")
 
 

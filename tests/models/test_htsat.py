@@ -9,7 +9,6 @@ import torch
 from conftest import parity_fixture
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 
-from tagger.checkpoint import load_state
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models
 from tagger.models.htsat import SdpaWindowAttention, _geometry_buffers
@@ -210,8 +209,7 @@ def test_importer_round_trip_infers_the_geometry(wrap):
     assert "head.weight" not in weights.state_dict and "frontend.melW" in weights.state_dict
     notes = " ".join(weights.notes)
     assert "head.*" in notes and "11 attn_mask" in notes and "torchlibrosa" in notes
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "test")
+    model = weights.build_model("test")
     spec = torch.randn(1, 64, 500)
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(spec).logits, source.forward_features(spec).logits)
@@ -297,8 +295,7 @@ def official():
     fx = parity_fixture("htsat_audioset")
     lightning = {"state_dict": {"sed_model." + k: v for k, v in fx["state_dict"].items()}}
     weights = importer("htsat")(lightning, None)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "htsat_audioset")
+    model = weights.build_model("htsat_audioset")
     return fx, weights, model
 
 

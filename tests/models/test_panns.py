@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import parity_fixture
 
-from tagger.checkpoint import load_state
 from tagger.errors import TaggerError
 from tagger.frontends import LogMel
 from tagger.models import create_model, importer, list_models, model_entry
@@ -234,8 +233,7 @@ def parity(request):
     arch = FIXTURES[request.param] if "decisionlevel" in request.param else None
     imported = importer("panns")({"model": fixture["state_dict"], "iteration": 0}, arch)
     assert imported.arch == FIXTURES[request.param]
-    model = create_model(imported.arch, **imported.model_kwargs).eval()
-    load_state(model, imported.state_dict, request.param)
+    model = imported.build_model(request.param)
     official = fixture["outputs"]
     outputs, expected = {}, {"features": official}
     with torch.inference_mode():

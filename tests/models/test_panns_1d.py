@@ -145,18 +145,14 @@ def test_parity_with_official_outputs(loaded):
 def test_import_through_panns_importer(loaded):
     """The generic PANNs importer must recognise these key sets and map them to our names unchanged."""
     fixture, _ = loaded
-    try:
-        convert = importer("panns")
-    except TaggerError as error:
-        pytest.skip(f"the PANNs importer (tagger/models/panns.py) is not available yet: {error}")
+    convert = importer("panns")
     official = fixture["state_dict"]
     wrapped = {"iteration": 0, "model": {f"module.{k}": v for k, v in official.items()}}
     for raw in (official, wrapped):
         imported = convert(raw, None)
         assert imported.arch == FIXTURES[fixture["name"]]
         assert imported.model_kwargs.get("num_classes") == 527
-        model = create_model(imported.arch, **imported.model_kwargs)
-        load_state(model, imported.state_dict, "imported")
+        model = imported.build_model("imported")
         assert all(torch.equal(imported.state_dict[k], official[k]) for k in model.state_dict())
 
 

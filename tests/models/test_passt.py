@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import parity_fixture
 
-from tagger.checkpoint import load_state
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models
 from tagger.models.inference import FastInference
@@ -235,8 +234,7 @@ def test_importer_release_layout_roundtrip():
     assert weights.arch == "passt-s-p16-s16"
     assert weights.model_kwargs == {"num_classes": 9, "depth": 2, "embed_dim": 128, "num_heads": 2}
     assert any("head_dist" in n for n in weights.notes)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "test")
+    model = weights.build_model("test")
     mel = _mel(1, 300)
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(mel).logits, source.forward_features(mel).logits)
@@ -251,7 +249,7 @@ def test_importer_lightning_checkpoint_prefers_swa():
     assert weights.arch == "passt-s-p16-s10"
     torch.testing.assert_close(weights.state_dict["cls_token"], swa.cls_token.detach())
     assert any("net_swa" in n for n in weights.notes) and any("mel.*" in n for n in weights.notes)
-    load_state(create_model(weights.arch, **weights.model_kwargs), weights.state_dict, "test")
+    weights.build_model("test")
     only_net = {k: v for k, v in state.items() if not k.startswith("net_swa.")}  # before SWA started
     weights = importer("passt")({"state_dict": only_net}, None)
     torch.testing.assert_close(weights.state_dict["cls_token"], net.cls_token.detach())
@@ -349,8 +347,7 @@ def official():
     """The fixture and one full-size model (86 M parameters) shared by the parity tests."""
     fx = parity_fixture("passt_s_p16_s10_ap476")
     weights = importer("passt")(fx["state_dict"], None)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "passt_s_p16_s10_ap476")
+    model = weights.build_model("passt_s_p16_s10_ap476")
     return fx, weights, model
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import parity_fixture
 
-from tagger.checkpoint import load_state
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models, model_entry
 from tagger.models.catalog import count_parameters
@@ -184,8 +183,7 @@ def test_importer_infers_variant_head_and_classes(arch, classes):
     weights = importer("psla")(raw, None)
     assert weights.arch == arch and weights.model_kwargs == {"num_classes": classes}
     assert any("_fc" in note for note in weights.notes)
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, "test")
+    model = weights.build_model("test")
     spec = torch.randn(1, 128, 96)
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(spec).logits, reference.forward_features(spec).logits)
@@ -296,8 +294,7 @@ def test_parity_with_official_fixture(name, arch):
     fx = parity_fixture(name)
     weights = importer("psla")({f"module.{k}": v for k, v in fx["state_dict"].items()}, None)
     assert weights.arch == arch
-    model = create_model(weights.arch, **weights.model_kwargs).eval()
-    load_state(model, weights.state_dict, name)
+    model = weights.build_model(name)
     assert list(model.state_dict()) == [key for key, *_ in fx["spec"]]
     for prefix, description in fx["modules"].items():
         if "Conv2d" in description and prefix.startswith("effnet."):
