@@ -223,6 +223,77 @@ def import_checkpoint_command(
     console.render([row], fmt, title="imported")
 
 
+@app.command("train")
+@user_errors
+def train_command(
+    arch: Annotated[str | None, typer.Option(help="Model to train (see `tagger models`); a recipe may set it.")] = None,
+    train: Annotated[Path | None, typer.Option(help="Training manifest (any format) or feature store.")] = None,
+    valid: Annotated[Path | None, typer.Option(help="Validation manifest or feature store.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder: config, metrics, checkpoints.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label file (class_labels_indices.csv); else from --train.")
+                      ] = None,
+    recipe: Annotated[str | None, typer.Option(help="A shipped recipe name (`tagger recipes`) or a TOML file.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: section.key=value.")] = None,
+    init: Annotated[str | None, typer.Option(help="imagenet:PATH or checkpoint:PATH (same as --set model.init=).")
+                    ] = None,
+    train_folds: Annotated[str | None, typer.Option(help="Folds of --train to use (ESC-50), e.g. 1,2,3.")] = None,
+    valid_folds: Annotated[str | None, typer.Option(help="Folds of --valid to use, e.g. 4.")] = None,
+    audio_dir: Annotated[Path | None, typer.Option(help="Folder the manifests' audio paths are relative to.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder exactly where it stopped.")
+                      ] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Train a model with a paper's recipe; Ctrl-C saves and stops, --resume continues. Works under torchrun."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.training import trainer
+    from tagger.training.config import build_config
+
+    try:
+        if resume is not None:
+            given = [n for n, v in (("--arch", arch), ("--train", train), ("--valid", valid), ("--recipe", recipe),
+                                     ("--set", set_), ("--init", init), ("--out", out)) if v]
+            if given:
+                raise TaggerError(f"--resume continues with the run's saved settings; drop {', '.join(given)}")
+            result = trainer.resume(resume)
+        else:
+            missing = [n for n, v in (("--train", train), ("--valid", valid), ("--out", out)) if v is None]
+            if missing:
+                raise TaggerError(f"missing {', '.join(missing)}; e.g. tagger train --arch NAME --train T --valid V "
+                                  "--out RUN_DIR")
+            overrides = list(set_ or []) + ([f"model.init={init}"] if init else [])
+            config = build_config(recipe, overrides, arch)
+            result = trainer.train(
+                config, trainer.data_spec(train, _parse_folds(train_folds), audio_dir),
+                trainer.data_spec(valid, _parse_folds(valid_folds), audio_dir), out, labels)
+    except KeyboardInterrupt:
+        from tagger import console
+
+        run = resume or out
+        console.log(f"interrupted; progress saved. Continue with: tagger train --resume {run}")
+        raise typer.Exit(130) from None
+    row = {"run": str(result.run_dir), "stopped": result.stop_reason, "epochs": result.epochs,
+           "steps": result.steps, f"best_{result.metric}": result.best, "minutes": round(result.seconds / 60, 2)}
+    row.update({k: v for k, v in result.last_metrics.items() if k not in ("epoch", "step", "lr")})
+    console.render([row], fmt, title="training")
+
+
+@app.command("recipes")
+@user_errors
+def recipes_command(fmt: FormatOption = "table") -> None:
+    """List the shipped training recipes (use with `tagger train --recipe NAME`)."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.training.config import read_recipe, recipe_description, recipe_names
+
+    rows = []
+    for name in recipe_names():
+        data = read_recipe(name)
+        rows.append({"recipe": name, "arch": data.get("model", {}).get("arch", ""),
+                     "description": recipe_description(name)})
+    console.render(rows, fmt, title="recipes")
+
+
 def _parse_folds(text: str | None) -> list[int] | None:
     if text is None:
         return None

@@ -1,0 +1,1 @@
+"""Training: config and recipes, the loop, schedules, losses, distributed helpers."""

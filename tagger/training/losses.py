@@ -1,0 +1,93 @@
+"""Training losses: BCE (multi-label), CE with soft targets (single-label), and EfficientAT-style distillation.
+
+Targets are always float (B, C) so mixup can blend them for both tasks. Models whose official output is a
+probability (PSLA, PANNs decision-level) already return log-odds as logits, so one logits-based loss serves all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tagger.augment import MixPlan, mix_targets
+from tagger.errors import TaggerError
+
+__all__ = ["LOSS_KINDS", "distillation_loss", "label_loss", "soft_targets", "teacher_targets", "training_loss"]
+
+LOSS_KINDS = ("bce", "ce")
+
+
+def soft_targets(targets: Tensor, num_classes: int) -> Tensor:
+    """Float (B, C) targets: multi-hot rows stay, class indices (B,) become one-hot."""
+    if targets.dim() == 1 and not targets.is_floating_point():
+        return F.one_hot(targets.long(), num_classes).float()
+    if targets.dim() == 2 and targets.shape[1] == num_classes:
+        return targets.float()
+    raise TaggerError(f"targets of shape {tuple(targets.shape)} and dtype {targets.dtype} are neither class "
+                      f"indices (B,) nor (B, {num_classes}) multi-hot rows")
+
+
+def label_loss(logits: Tensor, targets: Tensor, kind: str) -> Tensor:
+    """Mean BCE-with-logits over all elements, or batch-mean cross-entropy against probability targets.
+
+    CE is linear in the target, so CE on mixed one-hots equals lam * CE(y) + (1 - lam) * CE(y[perm]) (PaSST ESC-50).
+    """
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    if kind == "ce":
+        return -(targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+    raise TaggerError(f"loss kind {kind!r} must be one of {', '.join(LOSS_KINDS)}")
+
+
+def teacher_targets(teacher_logits: Tensor, has_teacher: Tensor, temperature: float,
+                    plan: MixPlan | None = None) -> tuple[Tensor, Tensor]:
+    """Soft targets sigmoid(teacher / T) and the rows that have them, mixed by `plan` like the labels.
+
+    EfficientAT mixes the sigmoided targets, not the logits; a mixed row has a teacher only when both sources do.
+    """
+    has = has_teacher.to(device=teacher_logits.device, dtype=torch.bool)
+    # Rows without a teacher may hold anything (NaN fillers); keep them finite so no NaN reaches the gradient.
+    teacher = teacher_logits.to(torch.promote_types(teacher_logits.dtype, torch.float32))  # fp16 stores: upcast
+    teacher = torch.where(has[:, None], teacher, 0.0)
+    soft = torch.sigmoid(teacher / temperature)
+    if plan is None:
+        return soft, has
+    first = plan.first.to(has.device)
+    if plan.mix_targets:
+        has = has[first] & has[plan.second.to(has.device)]
+    else:
+        has = has[first]
+    return mix_targets(soft, plan), has
+
+
+def distillation_loss(logits: Tensor, soft: Tensor, has_teacher: Tensor) -> Tensor:
+    """EfficientAT KD: BCE-with-logits(student, soft teacher targets) averaged over rows that have a teacher.
+
+    `soft` are probabilities, sigmoid(teacher / T), already mixed like the batch (see `teacher_targets`). Rows
+    without a teacher contribute nothing; with none at all the result is a zero that still carries a gradient, so
+    every rank of a distributed run backpropagates through the same graph.
+    """
+    has = has_teacher.to(device=logits.device, dtype=torch.bool)
+    if not bool(has.any()):
+        return logits.sum() * 0.0
+    soft = torch.where(has[:, None], soft.to(device=logits.device, dtype=logits.dtype), 0.0)
+    per_row = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=-1)
+    return per_row[has].mean()
+
+
+def training_loss(logits: Tensor, targets: Tensor, kind: str, teacher: Tensor | None = None,
+                  has_teacher: Tensor | None = None, kd_lambda: float = 0.1) -> tuple[Tensor, dict[str, float]]:
+    """The loss to backpropagate and its parts as floats for logging.
+
+    Without a teacher it is the label loss; with one (soft targets, see `teacher_targets`),
+    kd_lambda * label + (1 - kd_lambda) * distillation. `targets` and `teacher` are already mixed by the caller.
+    """
+    label = label_loss(logits, targets, kind)
+    if teacher is None:
+        return label, {"label_loss": float(label.detach())}
+    if has_teacher is None:
+        has_teacher = torch.ones(teacher.shape[0], dtype=torch.bool, device=teacher.device)
+    kd = distillation_loss(logits, teacher, has_teacher)
+    total = kd_lambda * label + (1.0 - kd_lambda) * kd
+    return total, {"label_loss": float(label.detach()), "kd_loss": float(kd.detach())}

@@ -1,0 +1,617 @@
+"""The training loop: one readable `Trainer.fit`, exact resume, DDP, validation, checkpoints and early stopping.
+
+Reproducibility rests on one rule: every random draw of optimizer step k (dropout, patchout, mel jitter,
+SpecAugment, mixup) is seeded from (seed, rank, k), and every draw of a data item from (seed, epoch, rank,
+position). So the run's state is just model + optimizer + counters, and a run resumed from any saved step
+continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tagger import console
+from tagger.augment import apply_mix, draw_spec_mixup, mix_targets, spec_augment
+from tagger.checkpoint import read_torch_file, save_checkpoint
+from tagger.errors import TaggerError
+from tagger.fileio import atomic_path, atomic_write_json, atomic_write_text
+from tagger.frontends import KaldiFbank
+from tagger.labels import LabelSet
+from tagger.metrics import summarize
+from tagger.training import distributed
+from tagger.training.config import TrainConfig, config_from_dict, to_toml
+from tagger.training.data import (
+    EvalWaves,
+    PositionedSampler,
+    Teacher,
+    TrainFeatures,
+    TrainWaves,
+    build_sampler,
+    encode_targets,
+    infer_task,
+    make_loader,
+    read_source,
+)
+from tagger.training.init import build_model, cached_features
+from tagger.training.losses import label_loss, training_loss
+from tagger.training.schedules import lr_factor
+
+RESUME_VERSION = 1
+
+
+@dataclass
+class RunPaths:
+    dir: Path
+
+    def __getattr__(self, name: str) -> Path:
+        files = {"config": "config.toml", "run": "run.json", "resume": "resume.pt", "last": "last.pt",
+                 "best": "best.pt", "metrics": "metrics.csv", "curves": "curves.png", "tensorboard": "tensorboard"}
+        if name not in files:
+            raise AttributeError(name)
+        return self.dir / files[name]
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the model and optimizer, are the whole state of a run."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # micro-batches finished in this epoch
+    step: int = 0  # optimizer steps finished in the run
+    best: float | None = None
+    best_epoch: float | None = None
+    since_best: int = 0  # evaluations without improvement
+    loss_sum: float = 0.0  # training loss since the last evaluation
+    loss_count: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # every metrics.csv row so far
+    seconds: float = 0.0  # training time of earlier sessions of this run
+    done: bool = False
+    stop_reason: str = ""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: float
+    steps: int
+    best: float | None
+    metric: str
+    last_metrics: dict[str, Any]
+    stop_reason: str
+    seconds: float
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class FeatureNet(nn.Module):
+    """model.forward_features as a module's forward, so DDP and torch.compile see only the trained part."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(spec).logits
+
+
+def metric_columns(task: str) -> list[str]:
+    quality = ["accuracy", "mAP", "mAUC", "d_prime"] if task == "multiclass" else ["mAP", "mAUC", "d_prime", "lwlrap"]
+    return ["epoch", "step", "train_loss", "valid_loss", *quality, "lr", "clips_per_s", "elapsed_s"]
+
+
+class Trainer:
+    """Trains `config.model.arch` on a training set, validating on another, into a run folder."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, train: dict, valid: dict, labels_path: Path | None,
+                 saved_kwargs: dict | None = None, show_progress: bool = True):
+        """`train`/`valid` are {"path", "folds", "audio_dir"} (what run.json records for --resume)."""
+        self.config, self.paths = config, RunPaths(Path(run_dir))
+        self.show_progress = show_progress
+        self.ctx = distributed.setup(config.run.device)
+        self.main = self.ctx.is_main
+        self.stop_requested = self.interrupted = False
+        self.session_start = time.perf_counter()
+        cfg = config
+
+        self.train_source = read_source(train["path"], "training", train.get("folds"), train.get("audio_dir"))
+        self.valid_source = read_source(valid["path"], "validation", valid.get("folds"), valid.get("audio_dir"))
+        self.labels = self._labels(labels_path)
+        self.task = cfg.task if cfg.task != "auto" else infer_task(self.train_source)
+        self.loss_kind = cfg.loss.kind if cfg.loss.kind != "auto" else ("ce" if self.task == "multiclass" else "bce")
+        self.metric = cfg.run.metric if cfg.run.metric != "auto" else (
+            "accuracy" if self.task == "multiclass" else "mAP")
+        self.columns = metric_columns(self.task)
+        if self.metric not in (*self.columns, "loss"):
+            raise TaggerError(f"run.metric={self.metric} is not computed for a {self.task} task; "
+                              f"use one of {', '.join(c for c in self.columns[4:-3])} or loss")
+
+        resume = saved_kwargs is not None
+        torch.manual_seed(_seed(cfg.run.seed, 0, 2**31))  # the same seed gives the same initial weights
+        self.model, init_notes = build_model(cfg, self.labels, saved_kwargs)
+        self.model.to(self.ctx.device)
+        self._check_batch()
+        self.state = TrainState()
+        self._build_data()
+        self.net = self._wrap(FeatureNet(self.model))
+        self.optimizer = self._optimizer()
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" else None
+        if cfg.run.precision == "fp16" and self.ctx.device.type != "cuda":
+            raise TaggerError("run.precision=fp16 needs a CUDA device; use bf16 on the CPU")
+        self.init_notes = init_notes
+        self.fill = self._mask_fill()
+        if resume:
+            self._load_resume()
+        self.tensorboard = self._tensorboard() if cfg.run.tensorboard and self.main else None
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _labels(self, labels_path: Path | None) -> LabelSet:
+        if labels_path is not None:
+            return LabelSet.from_csv(labels_path)
+        store = self.train_source.store
+        if store is not None and (store.dir / "labels.csv").is_file():
+            return LabelSet.from_csv(store.dir / "labels.csv")
+        return LabelSet.from_list(sorted({x for labels in self.train_source.label_lists for x in labels}))
+
+    def _check_batch(self) -> None:
+        cfg = self.config.data
+        if cfg.batch_size % self.ctx.world_size:
+            raise TaggerError(f"data.batch_size {cfg.batch_size} is the global batch; it must divide by the "
+                              f"{self.ctx.world_size} processes")
+        self.rank_batch = cfg.batch_size // self.ctx.world_size
+        eval_batch = cfg.eval_batch_size or cfg.batch_size
+        self.eval_batch = max(1, eval_batch // self.ctx.world_size)
+
+    def _build_data(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        self.train_targets = encode_targets(self.labels, self.train_source)
+        self.valid_targets = encode_targets(self.labels, self.valid_source)
+        teacher = None
+        if cfg.loss.teacher:
+            teacher = Teacher.load(cfg.loss.teacher, len(self.labels), cfg.loss.kd_temperature)
+        self.teacher = teacher
+        self.sampler = build_sampler(cfg.data, self.train_targets, cfg.run.seed, ctx.rank, ctx.world_size)
+        rate = self.model.sample_rate
+        eval_seconds = cfg.data.eval_clip_seconds or cfg.data.clip_seconds
+        if self.train_source.cached:
+            wave_augments = [k for k in ("wave_mixup", "gain_db", "roll") if getattr(cfg.augment, k)]
+            if wave_augments:
+                raise TaggerError(f"{self.train_source.path} holds cached features, but the recipe asks for waveform "
+                                  f"augmentation ({', '.join('augment.' + k for k in wave_augments)}); train from "
+                                  "audio, or set them to 0")
+            view = cached_features(self.train_source, self.model, self.labels, cfg.data.clip_seconds)
+            self.train_set = TrainFeatures(view, self.train_targets, self.train_source.ids, teacher)
+        else:
+            self.train_set = TrainWaves(self.train_source, self.train_targets, rate, cfg.data.clip_seconds,
+                                        cfg.augment, cfg.run.seed, ctx.rank, teacher)
+        if self.valid_source.cached:
+            view = cached_features(self.valid_source, self.model, self.labels, eval_seconds)
+            self.valid_set = TrainFeatures(view, self.valid_targets, self.valid_source.ids)
+        else:
+            self.valid_set = EvalWaves(self.valid_source, self.valid_targets, rate, eval_seconds)
+        self.batches_per_epoch = len(self.sampler) // self.rank_batch
+        if self.batches_per_epoch < 1:
+            raise TaggerError(f"an epoch of {len(self.sampler)} clips per process is less than one batch of "
+                              f"{self.rank_batch}; lower data.batch_size or raise data.epoch_length")
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accumulate)
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        if self.ctx.distributed:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.config.run.compile:
+            net = torch.compile(net)
+        return net
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.config.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        kind = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return kind(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                    amsgrad=o.amsgrad)
+
+    def _mask_fill(self) -> float:
+        """AST/PSLA mask the fbank before dataset normalisation, so a masked cell becomes normalised 0."""
+        frontend = self.model.frontend
+        if isinstance(frontend, KaldiFbank) and frontend.config.mean is not None:
+            c = frontend.config
+            return (0.0 - c.mean) / (c.std * c.std_scale)
+        return 0.0
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TaggerError("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.paths.tensorboard))
+
+    # ------------------------------------------------------------------------------------------ resume
+
+    def _resume_payload(self) -> dict:
+        return {
+            "format": "tagger-resume", "version": RESUME_VERSION,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "state": {**asdict(self.state), "seconds": self._elapsed()},
+        }
+
+    def save_resume(self) -> None:
+        if self.main:
+            with atomic_path(self.paths.resume) as tmp:
+                torch.save(self._resume_payload(), tmp)
+
+    def _load_resume(self) -> None:
+        payload = read_torch_file(self.paths.resume)
+        if not isinstance(payload, dict) or payload.get("format") != "tagger-resume":
+            raise TaggerError(f"{self.paths.resume}: not a tagger resume file")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scaler and payload["scaler"]:
+            self.scaler.load_state_dict(payload["scaler"])
+        self.state = TrainState(**payload["state"])
+        self._reconcile_metrics()
+
+    def _reconcile_metrics(self) -> None:
+        """metrics.csv is append-only: rows the resume file knows but the CSV lacks are appended, never rewritten."""
+        if not self.main:
+            return
+        written = 0
+        if self.paths.metrics.is_file():
+            with open(self.paths.metrics, newline="") as handle:
+                written = max(0, sum(1 for _ in csv.reader(handle)) - 1)
+        for row in self.state.rows[written:]:
+            self._append_row(row)
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        if self.main:
+            for note in self.init_notes:
+                console.log(note)
+            console.log(self._describe())
+        with self._signals(), console.progress() as bar:
+            task = bar.add_task("", total=self.batches_per_epoch, rate="", visible=self.show_progress and self.main)
+            while not self.state.done and not self.interrupted and self.state.epoch < cfg.run.epochs:
+                self._train_epoch(bar, task)
+            if self.interrupted:
+                self.save_resume()
+                distributed.cleanup(self.ctx)
+                raise KeyboardInterrupt
+        if not self.state.stop_reason:
+            self.state.stop_reason = "finished"
+        self.state.done = True
+        self.save_resume()
+        if self.tensorboard:
+            self.tensorboard.close()
+        distributed.cleanup(self.ctx)
+        last = self.state.rows[-1] if self.state.rows else {}
+        return TrainResult(self.paths.dir, float(last.get("epoch", 0)), self.state.step, self.state.best,
+                           self.metric, last, self.state.stop_reason, self._elapsed())
+
+    def _describe(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        source = "cached features" if self.train_source.cached else "audio"
+        return (f"{self.config.model.arch} ({params:.2f} M parameters), {self.task}, {len(self.labels)} classes; "
+                f"{len(self.train_source)} training clips ({source}), {len(self.valid_source)} validation clips; "
+                f"{self.steps_per_epoch} steps per epoch on {self.ctx.world_size} process(es), "
+                f"device {self.ctx.device}; run folder {self.paths.dir}")
+
+    def _train_epoch(self, bar, task) -> None:
+        cfg, state = self.config, self.state
+        self.sampler.set_epoch(state.epoch)
+        self.sampler.load_state_dict({"epoch": state.epoch, "position": state.batch * self.rank_batch})
+        loader = make_loader(self.train_set, self.rank_batch, cfg.data.num_workers,
+                             sampler=PositionedSampler(self.sampler), drop_last=True,
+                             pin_memory=self.ctx.device.type == "cuda")
+        self.model.train()
+        bar.update(task, description=f"epoch {state.epoch + 1}/{cfg.run.epochs}", completed=state.batch,
+                   total=self.batches_per_epoch)
+        window_clips, window_start = 0, time.perf_counter()
+        for batch in loader:
+            if state.batch >= self.batches_per_epoch:
+                break
+            self._train_batch(batch)
+            window_clips += self.rank_batch * self.ctx.world_size
+            rate = window_clips / max(time.perf_counter() - window_start, 1e-9)
+            self.clips_per_s = rate
+            loss = state.loss_sum / max(state.loss_count, 1)
+            bar.update(task, completed=state.batch,
+                       rate=f"loss {loss:.4f}  lr {self._lr():.3g}  {rate:.1f} clips/s  step {state.step}")
+            stepped = state.batch % cfg.optim.accumulate == 0 or state.batch == self.batches_per_epoch
+            if not stepped:
+                continue
+            if cfg.run.eval_every_steps and state.step % cfg.run.eval_every_steps == 0 \
+                    and state.batch < self.batches_per_epoch:
+                self._evaluate(fraction=state.batch / self.batches_per_epoch)
+            if state.step % cfg.run.save_every_steps == 0:
+                self.save_resume()
+            if self._should_stop():
+                self.interrupted = True
+                return
+            if state.done:
+                return
+        state.epoch += 1
+        state.batch = 0
+        self._evaluate(fraction=0.0)
+        self.save_resume()
+
+    def _elapsed(self) -> float:
+        return self.state.seconds + time.perf_counter() - self.session_start
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.config.schedule, self.state.step, self.steps_per_epoch, self.config.run.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.optim.lr * factor
+
+    def _train_batch(self, batch: dict) -> None:
+        cfg, state, device = self.config, self.state, self.ctx.device
+        micro = state.epoch * self.batches_per_epoch + state.batch
+        torch.manual_seed(_seed(cfg.run.seed, self.ctx.rank, micro))  # dropout, patchout, mel jitter
+        rng = np.random.default_rng([cfg.run.seed, self.ctx.rank, micro, 1])
+        targets = batch["target"].to(device, non_blocking=True)
+        with torch.no_grad():
+            if "features" in batch:
+                spec = batch["features"].to(device, non_blocking=True)
+            else:
+                spec = self.model.frontend(batch["wave"].to(device, non_blocking=True))
+            a = cfg.augment
+            spec = spec_augment(spec, a.freqm, a.timem, rng, a.freq_masks, a.time_masks, self.fill)
+            teacher = batch["teacher"].to(device) if "teacher" in batch else None
+            has_teacher = batch["has_teacher"].to(device) if "has_teacher" in batch else None
+            if a.spec_mixup != "none":
+                plan = draw_spec_mixup(spec.shape[0], a.spec_mixup, a.spec_mixup_alpha, rng)
+                plan.first, plan.second = plan.first.to(device), plan.second.to(device)
+                plan.lam = plan.lam.to(device)
+                spec, targets = apply_mix(spec, plan), mix_targets(targets, plan)
+                if teacher is not None:
+                    teacher = mix_targets(teacher, plan)  # soft targets, mixed as probabilities (EfficientAT)
+                    has_teacher = has_teacher[plan.first] & (has_teacher[plan.second] if plan.mix_targets else True)
+        first_micro = state.batch % cfg.optim.accumulate == 0
+        if first_micro:
+            self._set_lr()
+        last_micro = (state.batch + 1) % cfg.optim.accumulate == 0 or state.batch + 1 == self.batches_per_epoch
+        sync = nullcontext() if last_micro or not self.ctx.distributed else self.net.no_sync()
+        with sync:
+            with self._autocast():
+                logits = self.net(spec)
+            loss, _ = training_loss(logits.float(), targets, self.loss_kind, teacher, has_teacher, cfg.loss.kd_lambda)
+            if not torch.isfinite(loss):
+                raise TaggerError(
+                    f"non-finite training loss ({loss.item()}) at epoch {state.epoch + 1}, step {state.step}; "
+                    f"the last good checkpoint stays in {self.paths.dir}; lower optim.lr or use run.precision=fp32")
+            scaled = loss / cfg.optim.accumulate
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        state.loss_sum += float(loss.detach())
+        state.loss_count += 1
+        state.batch += 1
+        if last_micro:
+            self._optimizer_step()
+            state.step += 1
+
+    def _optimizer_step(self) -> None:
+        clip = self.config.optim.clip_grad
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _autocast(self):
+        precision = self.config.run.precision
+        if precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.ctx.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def predict_valid(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(logits, targets, mean loss) over the validation set, gathered from every rank onto rank 0."""
+        self.model.eval()
+        subset = torch.utils.data.Subset(self.valid_set, range(self.ctx.rank, len(self.valid_set),
+                                                               self.ctx.world_size))
+        loader = make_loader(subset, self.eval_batch, self.config.data.num_workers)
+        indices, logits, losses = [], [], []
+        for batch in loader:
+            if "features" in batch:
+                spec = batch["features"].to(self.ctx.device)
+            else:
+                spec = self.model.frontend(batch["wave"].to(self.ctx.device))
+            with self._autocast():
+                out = self.model.forward_features(spec).logits.float()
+            target = batch["target"].to(self.ctx.device)
+            losses.append(float(label_loss(out, target, self.loss_kind)) * len(out))
+            indices.append(batch["index"].numpy())
+            logits.append(out.cpu().numpy())
+        self.model.train()
+        mine = (np.concatenate(indices) if indices else np.zeros(0, np.int64),
+                np.concatenate(logits) if logits else np.zeros((0, len(self.labels)), np.float32), sum(losses))
+        parts = distributed.gather(mine, self.ctx)
+        if not self.main:
+            return None
+        order = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])[np.argsort(order, kind="stable")]
+        return scores, self.valid_targets, sum(p[2] for p in parts) / len(self.valid_set)
+
+    def _evaluate(self, fraction: float) -> None:
+        state = self.state
+        result = self.predict_valid()
+        decision = None
+        if self.main:
+            logits, targets, valid_loss = result
+            if self.task == "multiclass":
+                scores = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+                metrics = summarize(targets.argmax(axis=1), scores, "multiclass")
+            else:
+                scores = 1.0 / (1.0 + np.exp(-logits))
+                metrics = summarize(targets, scores, "multilabel")
+            row = {"epoch": round(state.epoch + fraction, 4), "step": state.step,
+                   "train_loss": state.loss_sum / max(state.loss_count, 1), "valid_loss": valid_loss,
+                   **{k: metrics.get(k, "") for k in self.columns if k in metrics},
+                   "lr": self._lr(), "clips_per_s": getattr(self, "clips_per_s", 0.0),
+                   "elapsed_s": round(self._elapsed(), 2)}
+            row = {k: row.get(k, "") for k in self.columns}
+            decision = self._record(row)
+        decision = distributed.broadcast(decision, self.ctx)
+        state.loss_sum, state.loss_count = 0.0, 0
+        if decision == "stop":
+            state.done, state.stop_reason = True, f"early stopping: no better {self.metric} in " \
+                                                  f"{self.config.run.patience} evaluations"
+
+    def _record(self, row: dict) -> str:
+        """Rank 0: note the row, save last/best checkpoints, decide about early stopping."""
+        state, cfg = self.state, self.config
+        value = row["valid_loss"] if self.metric == "loss" else row[self.metric]
+        better = (state.best is None or (value < state.best if self.metric == "loss" else value > state.best))
+        if isinstance(value, float) and math.isnan(value):
+            better = False
+        train_info = {"epoch": row["epoch"], "step": state.step, "metrics": row, "config": cfg.to_dict(),
+                      "metric": self.metric}
+        save_checkpoint(self.paths.last, self.model, self.labels, self.task, train=train_info)
+        if better:
+            state.best, state.best_epoch, state.since_best = float(value), row["epoch"], 0
+            save_checkpoint(self.paths.best, self.model, self.labels, self.task, train=train_info)
+        else:
+            state.since_best += 1
+        state.rows.append(row)
+        self.save_resume()  # the resume file knows the row before the CSV does (see _reconcile_metrics)
+        self._append_row(row)
+        self._plot()
+        if self.tensorboard:
+            for key, val in row.items():
+                if isinstance(val, float | int) and key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(key, val, state.step)
+        mark = " (best)" if better else ""
+        shown = "  ".join(f"{k} {row[k]:.4f}" for k in self.columns[2:-3] if isinstance(row[k], float))
+        console.log(f"epoch {row['epoch']:g} step {state.step}: {shown}{mark}")
+        if cfg.run.patience and state.since_best >= cfg.run.patience:
+            return "stop"
+        return "go"
+
+    def _append_row(self, row: dict) -> None:
+        new = not self.paths.metrics.is_file()
+        with open(self.paths.metrics, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _plot(self) -> None:
+        from tagger.training.plots import plot_curves
+
+        plot_curves(self.state.rows, self.paths.curves)
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    @contextmanager
+    def _signals(self):
+        """First Ctrl-C (or SIGTERM): finish the step, save, exit. A second Ctrl-C stops at once."""
+        def request(signum, frame):
+            if self.stop_requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            if self.main:
+                console.log("stopping after this step (Ctrl-C again to stop at once) ...")
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in previous:
+                signal.signal(s, request)
+        except ValueError:  # not the main thread (e.g. a notebook worker): keep the defaults
+            previous = {}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _should_stop(self) -> bool:
+        if not self.ctx.distributed:
+            return self.stop_requested
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0])
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def data_spec(path: str | Path, folds: list[int] | None = None, audio_dir: str | Path | None = None) -> dict:
+    """How run.json records a data set: absolute paths, so --resume works from any folder."""
+    return {"path": str(Path(path).resolve()), "folds": folds,
+            "audio_dir": str(Path(audio_dir).resolve()) if audio_dir else None}
+
+
+def train(config: TrainConfig, train: dict, valid: dict, out_dir: str | Path,
+          labels_path: str | Path | None = None, show_progress: bool = True) -> TrainResult:
+    """Start a new run in `out_dir` (refused when it already holds one); `train`/`valid` come from data_spec()."""
+    paths = RunPaths(Path(out_dir))
+    if paths.resume.exists() or paths.metrics.exists():
+        raise TaggerError(f"{out_dir} already holds a run; continue it with `tagger train --resume {out_dir}` "
+                          "or choose another --out")
+    trainer = Trainer(config, paths.dir, train, valid, Path(labels_path) if labels_path else None,
+                      show_progress=show_progress)
+    if trainer.main:
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.config, to_toml(config))
+        atomic_write_json(paths.run, {"train": train, "valid": valid, "task": trainer.task,
+                                      "model_kwargs": trainer.model.model_kwargs})
+        trainer.labels.write_csv(paths.dir / "labels.csv")
+        trainer.save_resume()
+    return trainer.fit()
+
+
+def resume(run_dir: str | Path, show_progress: bool = True) -> TrainResult:
+    """Continue the run in `run_dir` from its resume file, with its saved config and data paths."""
+    import json
+
+    import tomllib
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.resume.is_file() or not paths.run.is_file():
+        raise TaggerError(f"{run_dir} is not a run folder with a resume file; start one with `tagger train --out`")
+    config = config_from_dict(tomllib.loads(paths.config.read_text(encoding="utf-8")))
+    run = json.loads(paths.run.read_text(encoding="utf-8"))
+    trainer = Trainer(config, paths.dir, run["train"], run["valid"], paths.dir / "labels.csv",
+                      saved_kwargs=run["model_kwargs"], show_progress=show_progress)
+    state = trainer.state
+    if state.done and (state.stop_reason != "finished" or state.epoch >= config.run.epochs):
+        raise TaggerError(f"{run_dir} already ended ({state.stop_reason} after {state.epoch} epochs); raise "
+                          "run.epochs in its config.toml to train further")
+    state.done, state.stop_reason = False, ""
+    if trainer.main:
+        console.log(f"resuming {run_dir} at epoch {trainer.state.epoch + 1}, step {trainer.state.step}")
+    return trainer.fit()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv (values as text, as written)."""
+    path = RunPaths(Path(run_dir)).metrics
+    if not path.is_file():
+        raise TaggerError(f"{run_dir} has no metrics.csv yet; is it a run folder?")
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
