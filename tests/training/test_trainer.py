@@ -54,6 +54,7 @@ def test_a_run_writes_config_metrics_curves_and_checkpoints(synth_set, tmp_path)
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
 
 
+@pytest.mark.slow  # the default run keeps the stronger SIGKILL + --resume check in test_train_cli.py
 def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(synth_set, tmp_path, monkeypatch):
     cfg = tiny_config("run.epochs=3", "augment.spec_mixup=perm", "augment.freqm=8", "augment.wave_mixup=0.5",
                       "augment.gain_db=6", "run.save_every_steps=1", "schedule.kind=cosine")
