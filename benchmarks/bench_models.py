@@ -151,11 +151,11 @@ def htsat_official(repo: Path) -> Callable[[torch.Tensor], object]:
     return lambda wave: net(wave, None, infer_mode=False)
 
 
-def passt_official(repo: Path) -> Callable[[torch.Tensor], object]:
-    """The official PaSST net + AugmentMelSTFT of the AudioSet experiment (ex_audioset.py settings)."""
+def stub_ba3l() -> None:
+    """The sacred/ba3l framework only registers configs in the PaSST files we import; an inert Ingredient suffices."""
     import types
 
-    class Ingredient:  # the sacred/ba3l training framework is not needed to build the model
+    class Ingredient:
         def __init__(self, *args, **kwargs):
             pass
 
@@ -165,9 +165,14 @@ def passt_official(repo: Path) -> Callable[[torch.Tensor], object]:
         def command(self, function=None, **kwargs):
             return function if function else (lambda f: f)
 
-    for module in ("ba3l", "ba3l.ingredients", "ba3l.ingredients.ingredient"):
-        sys.modules[module] = types.ModuleType(module)
+    for name in ("ba3l", "ba3l.ingredients", "ba3l.ingredients.ingredient"):
+        sys.modules[name] = types.ModuleType(name)
     sys.modules["ba3l.ingredients.ingredient"].Ingredient = Ingredient
+
+
+def passt_official(repo: Path) -> Callable[[torch.Tensor], object]:
+    """The official PaSST net + AugmentMelSTFT of the AudioSet experiment (ex_audioset.py settings)."""
+    stub_ba3l()
     sys.path.insert(0, str(repo))
     sys.modules.pop("models", None)
     from models.passt import get_model  # the user's checkout of kkoutini/PaSST

@@ -347,31 +347,14 @@ def htsat_official(repo: Path, classes: int) -> OfficialStep:
     return OfficialStep(step)
 
 
-def _stub_ba3l() -> None:
-    """The sacred/ba3l framework only registers configs in the files we import; an inert Ingredient suffices."""
-
-    class Ingredient:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def add_config(self, *args, **kwargs):
-            pass
-
-        def command(self, function=None, **kwargs):
-            return function if function else (lambda f: f)
-
-    for name in ("ba3l", "ba3l.ingredients", "ba3l.ingredients.ingredient"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["ba3l.ingredients.ingredient"].Ingredient = Ingredient
-
-
 def passt_official(repo: Path, classes: int) -> OfficialStep:
     """ex_audioset.py's training_step (mel with SpecAugment 48/192, mixup 0.3, BCE on mixed targets) and its
     get_optimizer (AdamW 2e-5, weight decay 1e-4), with the model settings of the AudioSet experiment."""
     import torch
     import torch.nn.functional as F
+    from bench_models import stub_ba3l
 
-    _stub_ba3l()
+    stub_ba3l()
     sys.path.insert(0, str(repo))
     from helpers.mixup import my_mixup
     from models.passt import get_model

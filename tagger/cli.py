@@ -267,8 +267,6 @@ def train_command(
                 config, trainer.data_spec(train, _parse_folds(train_folds), audio_dir),
                 trainer.data_spec(valid, _parse_folds(valid_folds), audio_dir), out, labels)
     except KeyboardInterrupt:
-        from tagger import console
-
         run = resume or out
         console.log(f"interrupted; progress saved. Continue with: tagger train --resume {run}")
         raise typer.Exit(130) from None

@@ -30,7 +30,7 @@ from tagger.frontends import KaldiFbank
 from tagger.labels import LabelSet
 from tagger.metrics import summarize
 from tagger.training import distributed
-from tagger.training.config import TrainConfig, config_from_dict, to_toml
+from tagger.training.config import TrainConfig, config_from_dict, read_recipe, to_toml
 from tagger.training.data import (
     EvalWaves,
     PositionedSampler,
@@ -332,8 +332,7 @@ class Trainer:
             loss = state.loss_sum / max(state.loss_count, 1)
             bar.update(task, completed=state.batch,
                        rate=f"loss {loss:.4f}  lr {self._lr():.3g}  {rate:.1f} clips/s  step {state.step}")
-            stepped = state.batch % cfg.optim.accumulate == 0 or state.batch == self.batches_per_epoch
-            if not stepped:
+            if not self._ends_step(state.batch - 1):
                 continue
             if cfg.run.eval_every_steps and state.step % cfg.run.eval_every_steps == 0 \
                     and state.batch < self.batches_per_epoch:
@@ -384,10 +383,9 @@ class Trainer:
                 if teacher is not None:
                     teacher = mix_targets(teacher, plan)  # soft targets, mixed as probabilities (EfficientAT)
                     has_teacher = has_teacher[plan.first] & (has_teacher[plan.second] if plan.mix_targets else True)
-        first_micro = state.batch % cfg.optim.accumulate == 0
-        if first_micro:
+        if state.batch % cfg.optim.accumulate == 0:  # the first micro-batch of an optimizer step
             self._set_lr()
-        last_micro = (state.batch + 1) % cfg.optim.accumulate == 0 or state.batch + 1 == self.batches_per_epoch
+        last_micro = self._ends_step(state.batch)
         sync = nullcontext() if last_micro or not self.ctx.distributed else self.net.no_sync()
         with sync:
             with self._autocast():
@@ -405,6 +403,10 @@ class Trainer:
         if last_micro:
             self._optimizer_step()
             state.step += 1
+
+    def _ends_step(self, batch: int) -> bool:
+        """Whether micro-batch `batch` (0-based in the epoch) is the last of an optimizer step."""
+        return (batch + 1) % self.config.optim.accumulate == 0 or batch + 1 == self.batches_per_epoch
 
     def _optimizer_step(self) -> None:
         clip = self.config.optim.clip_grad
@@ -589,12 +591,10 @@ def resume(run_dir: str | Path, show_progress: bool = True) -> TrainResult:
     """Continue the run in `run_dir` from its resume file, with its saved config and data paths."""
     import json
 
-    import tomllib
-
     paths = RunPaths(Path(run_dir))
     if not paths.resume.is_file() or not paths.run.is_file():
         raise TaggerError(f"{run_dir} is not a run folder with a resume file; start one with `tagger train --out`")
-    config = config_from_dict(tomllib.loads(paths.config.read_text(encoding="utf-8")))
+    config = config_from_dict(read_recipe(str(paths.config)))
     run = json.loads(paths.run.read_text(encoding="utf-8"))
     trainer = Trainer(config, paths.dir, run["train"], run["valid"], paths.dir / "labels.csv",
                       saved_kwargs=run["model_kwargs"], show_progress=show_progress)
