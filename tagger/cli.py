@@ -292,6 +292,148 @@ def recipes_command(fmt: FormatOption = "table") -> None:
     console.render(rows, fmt, title="recipes")
 
 
+@app.command("predict")
+@user_errors
+def predict_command(
+    inputs: Annotated[list[str], typer.Argument(help="Audio files, folders (searched recursively) or globs.")],
+    model: Annotated[Path | None, typer.Option(help="Tagger checkpoint (.pt); default: $TAGGER_MODEL.")] = None,
+    top_k: Annotated[int, typer.Option(help="Labels to show per file or window (0: all).")] = 5,
+    threshold: Annotated[float | None, typer.Option(help="Only show labels scoring at least this.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json, csv (long form) or jsonl.")] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write results to this file instead of stdout.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    batch_size: Annotated[int, typer.Option(help="Clips or windows per forward pass.")] = 8,
+    window: Annotated[float | None, typer.Option(help="Score sliding windows of this many seconds.")] = None,
+    hop: Annotated[float | None, typer.Option(help="Seconds between window starts (default: window / 2).")] = None,
+    aggregate: Annotated[str, typer.Option(help="Clip score from windows: mean or max.")] = "mean",
+    per_window: Annotated[bool, typer.Option("--per-window", help="Also report every window.")] = False,
+    events: Annotated[bool, typer.Option("--events", help="Detect events: label, onset, offset, peak.")] = False,
+    onset_threshold: Annotated[float, typer.Option(help="An event starts when its score reaches this.")] = 0.5,
+    offset_threshold: Annotated[float | None, typer.Option(help="... and ends below this (default: half).")] = None,
+    min_duration: Annotated[float, typer.Option(help="Drop events shorter than this (seconds).")] = 0.1,
+    min_gap: Annotated[float, typer.Option(help="Merge same-label events closer than this (seconds).")] = 0.0,
+    plot: Annotated[Path | None, typer.Option(help="PNG heat-map of the top classes over time.")] = None,
+    embeddings: Annotated[str | None, typer.Option(help="Write embeddings: a .npy/.npz file, or 'json'.")] = None,
+) -> None:
+    """Tag audio files, folders and long recordings; events with --events, windows with --window."""
+    from tagger import console
+    from tagger.predict_report import PredictSink, Selection, run_predict
+
+    if top_k < 0:
+        raise TaggerError(f"--top-k must be 0 (all) or more, got {top_k}")
+    sink = PredictSink(None, Selection(top_k, threshold), fmt, output, _embeddings_target(embeddings), plot)
+    summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
+                          window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,
+                          onset=onset_threshold, offset=offset_threshold, min_duration=min_duration,
+                          min_gap=min_gap)
+    if summary.failed and not summary.scored:
+        raise TaggerError(f"none of the {summary.failed} inputs could be scored (see the messages above)")
+    if output is not None:
+        console.log(f"wrote {summary.scored} results to {output}")
+
+
+def _embeddings_target(value: str | None):
+    return value if value in (None, "json") else Path(value)
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    manifest: Annotated[Path, typer.Argument(help="Labelled manifest (any format of docs/data.md) or a folder.")],
+    model: Annotated[Path | None, typer.Option(help="Tagger checkpoint (.pt); default: $TAGGER_MODEL.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label file mapping the manifest's label ids/names "
+                                                "(class_labels_indices.csv) onto the model's classes.")] = None,
+    fmt: FormatOption = "table",
+    per_class: Annotated[Path | None, typer.Option(help="Write per-class AP/AUC/positives to this CSV.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG: AP per class, confusion matrix.")] = None,
+    save_predictions: Annotated[Path | None, typer.Option(help="Write ids, probabilities, logits, targets (.npz).")
+                                ] = None,
+    clip_seconds: Annotated[float | None, typer.Option(help="Crop/zero-pad every clip to this many seconds "
+                                                       "(default: the whole clip).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips or windows per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to evaluate, e.g. 5 or 1,2.")] = None,
+    split: Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")] = None,
+    manifest_format: Annotated[str, typer.Option(help="Manifest format, or auto.")] = "auto",
+    audio_dir: Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")] = None,
+    on_error: Annotated[str, typer.Option(help="Missing/unreadable audio: fail, or skip (listed on stderr).")
+                        ] = "fail",
+) -> None:
+    """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class."""
+    _check_format(fmt)
+    import time
+
+    from tagger import console
+
+    fold_list = _parse_folds(folds)
+    if on_error not in ("fail", "skip"):
+        raise TaggerError(f"--on-error {on_error!r} is not one of fail, skip")
+    from tagger.evaluate import evaluate
+    from tagger.runtime import Tagger
+
+    tagger = Tagger.load(model, device=device, precision=precision)
+    notes: list[str] = []
+
+    def note(path: Path, text: str) -> None:
+        if not notes:
+            console.log(f"note: {path}: {text}")
+        notes.append(text)
+
+    started = time.perf_counter()
+    with console.progress() as bar:
+        task = bar.add_task("evaluating", total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} files/s")
+
+        result = evaluate(
+            tagger, manifest, labels=labels, manifest_format=manifest_format, folds=fold_list, split=split,
+            audio_dir=audio_dir, clip_seconds=clip_seconds, batch_size=batch_size, on_error=on_error,
+            on_skip=lambda problem: console.log(f"skipped {problem.path}: {problem.message}"),
+            on_note=note, on_progress=progress,
+        )
+    if len(notes) > 1:
+        console.log(f"{len(notes)} files were scored in windows (longer than the model's input)")
+    for path, write in ((save_predictions, result.save_predictions), (per_class, result.write_per_class),
+                        (plot, result.plot)):
+        if path is not None:
+            console.log(f"wrote {write(path)}")
+    console.render([result.metrics], fmt, title=f"evaluation of {tagger.source}")
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    model: Annotated[Path, typer.Option(help="Tagger checkpoint (.pt) to export.")],
+    out: Annotated[Path, typer.Option(help="File to write; an existing one is replaced only if the export passes.")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx, torchscript or safetensors.")] = "onnx",
+    seconds: Annotated[float | None, typer.Option(help="Export and check length in seconds (default: 10, or the "
+                                                  "length the model pads or crops to).")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset, 18 or later (default 18).")] = None,
+    separate_frontend: Annotated[bool, typer.Option(
+        "--separate-frontend", help="ONNX: the front-end in OUT-stem.frontend.onnx, OUT taking features.")] = False,
+    check: Annotated[bool, typer.Option(help="Run the written file against PyTorch; keep it only if every logit "
+                                        "is within 1e-4.")] = True,
+    result_fmt: Annotated[str, typer.Option("--result-format", help="Result format: table, json or csv.")
+                          ] = "table",
+) -> None:
+    """Export a checkpoint to ONNX, TorchScript or safetensors, checked against PyTorch before it is kept."""
+    from tagger import console
+    from tagger.console import OUTPUT_FORMATS
+    from tagger.export import DEFAULT_OPSET, export_model
+
+    if result_fmt not in OUTPUT_FORMATS:
+        raise TaggerError(f"--result-format {result_fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    report = export_model(model, export_format, out, seconds=seconds, opset=DEFAULT_OPSET if opset is None else opset,
+                          check=check, separate_frontend=separate_frontend)
+    for note in report.notes:
+        console.log(f"note: {note}")
+    console.render([report.row()], result_fmt, title="export")
+
+
 def _parse_folds(text: str | None) -> list[int] | None:
     if text is None:
         return None

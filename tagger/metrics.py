@@ -1,11 +1,12 @@
-"""Tagging metrics: mAP, AUC, d-prime, accuracy, lwlrap, per-class tables.
+"""Tagging metrics: mAP, AUC, d-prime, accuracy, top-k accuracy, lwlrap, per-class tables.
 
 Pure numpy plus scipy (ndtri for d′, rankdata for AUC and lwlrap): no torch, and no sklearn at run time.
 
 Conventions, shared with the papers' evaluation code (sklearn per class, then the mean):
 - `targets` are (N, C) multi-hot or soft labels, or (N,) class indices. Soft targets (mixup, enhanced labels) are
   binarised with `> 0.5` for AP, AUC and lwlrap.
-- `scores` are (N, C) probabilities or logits; every metric here is rank-based, so both give the same values.
+- `scores` are (N, C) probabilities or logits; every metric here is rank-based, so logits and their sigmoid give the
+  same values. A softmax is not monotone per class across clips: for single-label models pass the probabilities.
 - Tied scores count as one threshold, as in sklearn (AP steps over distinct scores, AUC uses mid-ranks).
 - A class with no positives has AP NaN (sklearn warns and gives 0 or NaN depending on its version); a class with no
   positives or no negatives has AUC NaN (sklearn raises). Means skip NaN classes.
@@ -69,6 +70,39 @@ def accuracy(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == indices))
 
 
+def top_k_accuracy(targets: np.ndarray, scores: np.ndarray, k: int = 5) -> float:
+    """Fraction of clips whose target class is among the k top-scoring classes (k >= C: every clip counts).
+
+    Equal to sklearn's `top_k_accuracy_score` when a clip's scores do not tie. Ties go to the lower class index,
+    as `np.argmax` breaks them, so k = 1 always equals `accuracy` (sklearn favours the higher index instead).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise TaggerError(f"top-k accuracy needs a whole k of at least 1, got {k!r}")
+    indices, scores = _prepare(targets, scores, as_indices=True)
+    rows = np.arange(scores.shape[0])
+    target_score = scores[rows, indices][:, None]
+    lower_index = np.arange(scores.shape[1])[None, :] < indices[:, None]
+    ahead = (scores > target_score) | ((scores == target_score) & lower_index)
+    return float(np.mean(ahead.sum(axis=1) < k))
+
+
+def class_counts(targets: np.ndarray) -> dict[str, int]:
+    """How many classes the means can use: AP needs a positive clip, AUC a positive and a negative one.
+
+    classes_scored: classes with positives (a finite AP, part of mAP); classes_without_positives: left out of mAP
+    and mAUC; classes_without_negatives: every clip is positive, so AP is 1 but AUC is undefined (left out of mAUC).
+    """
+    truth = np.asarray(targets)
+    if truth.ndim != 2:
+        raise TaggerError(f"targets must be a (clips, classes) matrix here, got shape {truth.shape}")
+    positives = (truth.astype(np.float64) > 0.5).sum(axis=0)
+    return {
+        "classes_scored": int((positives > 0).sum()),
+        "classes_without_positives": int((positives == 0).sum()),
+        "classes_without_negatives": int((positives == truth.shape[0]).sum()),
+    }
+
+
 def lwlrap(targets: np.ndarray, scores: np.ndarray) -> float:
     """Label-weighted label-ranking average precision (DCASE 2019 task 2); NaN when there are no positive labels.
 
@@ -88,30 +122,31 @@ def lwlrap(targets: np.ndarray, scores: np.ndarray) -> float:
 def summarize(targets: np.ndarray, scores: np.ndarray, task: str = "multilabel") -> dict[str, float]:
     """The headline numbers of an evaluation. d_prime comes from the mean AUC, as AST and PANNs report it.
 
-    multilabel: mAP, mAUC, d_prime, lwlrap and classes_scored (how many classes have positives, i.e. a finite AP).
-    multiclass: accuracy, mAP, mAUC, d_prime, with the target class (argmax of a 2-D row) one-hot for AP and AUC.
+    multilabel: mAP, mAUC, d_prime, lwlrap, then the `class_counts` (classes_scored is how many classes have
+    positives, i.e. a finite AP).
+    multiclass: accuracy, top5_accuracy (k = min(5, C)), then the multilabel numbers, with the target class
+    (argmax of a 2-D row) one-hot for AP, AUC and lwlrap (which is then the mean reciprocal rank of the target).
     """
     if task not in TASKS:
         raise TaggerError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
+    head: dict[str, float] = {}
     if task == "multiclass":
         indices, scores = _prepare(targets, scores, as_indices=True)
-        onehot = np.eye(scores.shape[1], dtype=bool)[indices]
-        mauc = _nanmean(roc_auc(onehot, scores))
-        return {
+        head = {
             "accuracy": float(np.mean(np.argmax(scores, axis=1) == indices)),
-            "mAP": _nanmean(average_precision(onehot, scores)),
-            "mAUC": mauc,
-            "d_prime": d_prime(mauc),
+            "top5_accuracy": top_k_accuracy(indices, scores, min(5, scores.shape[1])),
         }
-    truth, scores = _prepare(targets, scores)
-    ap = average_precision(truth, scores)
+        truth = np.eye(scores.shape[1], dtype=bool)[indices]
+    else:
+        truth, scores = _prepare(targets, scores)
     mauc = _nanmean(roc_auc(truth, scores))
     return {
-        "mAP": _nanmean(ap),
+        **head,
+        "mAP": _nanmean(average_precision(truth, scores)),
         "mAUC": mauc,
         "d_prime": d_prime(mauc),
         "lwlrap": lwlrap(truth, scores),
-        "classes_scored": int(np.isfinite(ap).sum()),
+        **class_counts(truth),
     }
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, label_ranking_average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    label_ranking_average_precision_score,
+    roc_auc_score,
+    top_k_accuracy_score,
+)
 
 from tagger import metrics
 from tagger.errors import TaggerError
@@ -56,6 +61,7 @@ def test_classes_without_positives_or_negatives_are_nan_and_skipped():
     assert ap[3] == 1.0
     summary = metrics.summarize(targets, scores)
     assert summary["classes_scored"] == 4
+    assert summary["classes_without_positives"] == 1 and summary["classes_without_negatives"] == 1
     assert summary["mAP"] == pytest.approx(np.mean(ap[[0, 2, 3, 4]]))
     assert summary["mAUC"] == pytest.approx(np.mean(auc[[0, 2, 4]]))
     assert summary["d_prime"] == pytest.approx(metrics.d_prime(summary["mAUC"]))
@@ -88,8 +94,15 @@ def test_multiclass_summary():
     scores = np.array([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.2, 0.3, 0.5], [0.4, 0.5, 0.1]])
     indices = np.array([1, 0, 0, 1])
     summary = metrics.summarize(indices, scores, task="multiclass")
-    assert set(summary) == {"accuracy", "mAP", "mAUC", "d_prime"}
+    assert list(summary) == [
+        "accuracy", "top5_accuracy", "mAP", "mAUC", "d_prime", "lwlrap",
+        "classes_scored", "classes_without_positives", "classes_without_negatives",
+    ]
     assert summary["accuracy"] == 0.75
+    assert summary["top5_accuracy"] == 1.0  # k = min(5, C) = 3: every class is in the top 3
+    # One positive per clip: lwlrap is the mean reciprocal rank of the target (ranks 1, 1, 3, 1).
+    assert summary["lwlrap"] == pytest.approx((1 + 1 + 1 / 3 + 1) / 4)
+    assert (summary["classes_scored"], summary["classes_without_positives"]) == (2, 1)
     onehot = np.eye(3)[indices]
     assert summary["mAP"] == pytest.approx(
         np.mean([average_precision_score(onehot[:, k], scores[:, k]) for k in (0, 1)])
@@ -156,3 +169,64 @@ def test_bad_input_raises_tagger_error(targets, scores, message):
 def test_unknown_task():
     with pytest.raises(TaggerError, match="unknown task"):
         metrics.summarize(np.eye(2), np.eye(2), task="regression")
+
+
+def continuous_multiclass(seed: int, n: int = 300, c: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and untied scores that favour the target class a little."""
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, c, n)
+    scores = rng.random((n, c)) + 0.4 * np.eye(c)[indices]
+    return indices, scores
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_top_k_accuracy_matches_sklearn(seed, k):
+    indices, scores = continuous_multiclass(seed)
+    expected = top_k_accuracy_score(indices, scores, k=k, labels=np.arange(scores.shape[1]))
+    assert metrics.top_k_accuracy(indices, scores, k) == pytest.approx(expected, abs=1e-12)
+    assert metrics.top_k_accuracy(np.eye(scores.shape[1])[indices], scores, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_top_k_accuracy_ties_k_one_and_large_k():
+    # Clip 0: target 2 ties with class 0 for the top score -> rank 2 (lower index first). Clip 1: target 0 ties
+    # with class 1 -> rank 1. Clip 2: target 1 is last of 3.
+    scores = np.array([[0.5, 0.1, 0.5], [0.4, 0.4, 0.2], [0.5, 0.1, 0.3]])
+    indices = np.array([2, 0, 1])
+    assert metrics.top_k_accuracy(indices, scores, 1) == pytest.approx(1 / 3)
+    assert metrics.top_k_accuracy(indices, scores, 2) == pytest.approx(2 / 3)
+    assert metrics.top_k_accuracy(indices, scores, 3) == 1.0
+    assert metrics.top_k_accuracy(indices, scores, 10) == 1.0
+    targets, tied = tied_data(7, c=6)  # many ties: top-1 still agrees with argmax accuracy
+    labels = tied.argmax(axis=1)[::-1]
+    assert metrics.top_k_accuracy(labels, tied, 1) == metrics.accuracy(labels, tied)
+    with pytest.raises(TaggerError, match="at least 1"):
+        metrics.top_k_accuracy(indices, scores, 0)
+
+
+def test_summary_top5_matches_sklearn():
+    indices, scores = continuous_multiclass(3, c=12)
+    summary = metrics.summarize(indices, scores, task="multiclass")
+    assert summary["top5_accuracy"] == pytest.approx(top_k_accuracy_score(indices, scores, k=5))
+    assert summary["lwlrap"] == pytest.approx(label_ranking_average_precision_score(np.eye(12)[indices], scores))
+
+
+def test_lwlrap_by_hand_with_ties_and_uneven_label_counts():
+    # Clip 0 has 3 positives, clip 1 one: lwlrap weighs the 4 (clip, label) pairs equally, not the 2 clips.
+    # Clip 0: scores 0.9 (pos), 0.5 (pos), 0.5 (neg), 0.1 (pos). Tied 0.5s both rank 3 (pessimistic):
+    # 0.9 -> 1/1; 0.5 (pos) -> 2 positives in the top 3 -> 2/3; 0.1 -> 3/4.
+    # Clip 1: its positive ties with a negative at the top -> 1/2.
+    targets = np.array([[1, 1, 0, 1], [0, 0, 1, 0]])
+    scores = np.array([[0.9, 0.5, 0.5, 0.1], [0.7, 0.2, 0.7, 0.1]])
+    assert metrics.lwlrap(targets, scores) == pytest.approx((1 + 2 / 3 + 3 / 4 + 1 / 2) / 4)
+    clip_mean = np.mean([(1 + 2 / 3 + 3 / 4) / 3, 1 / 2])
+    assert metrics.lwlrap(targets, scores) != pytest.approx(clip_mean)
+
+
+def test_class_counts():
+    targets = np.array([[1, 0, 1, 0.6], [1, 0, 0, 0.2], [1, 0, 1, 0.9]])
+    assert metrics.class_counts(targets) == {
+        "classes_scored": 3, "classes_without_positives": 1, "classes_without_negatives": 1,
+    }
+    with pytest.raises(TaggerError, match="matrix"):
+        metrics.class_counts(np.array([0, 1]))

@@ -60,8 +60,20 @@ def _load_families() -> None:
         importlib.import_module(module)
 
 
+def _load_family_of(name: str) -> None:
+    """Import only the modules whose names start like `name` (panns-cnn14 -> panns, panns_1d): loading one
+    checkpoint then skips timm's transformers, which take a second to import."""
+    prefix = name.split("-")[0]
+    for module in _FAMILY_MODULES:
+        if module.rsplit(".", 1)[1].split("_")[0] == prefix:
+            importlib.import_module(module)
+
+
 def model_entry(name: str) -> ModelEntry:
-    _load_families()
+    if name not in _REGISTRY:
+        _load_family_of(name)
+    if name not in _REGISTRY:
+        _load_families()
     if name not in _REGISTRY:
         close = [n for n in sorted(_REGISTRY) if name.split("-")[0] in n][:8] or sorted(_REGISTRY)[:8]
         raise TaggerError(f"unknown model {name!r}; e.g. {', '.join(close)} (see `tagger models`)")

@@ -56,6 +56,16 @@ class TaggerModel(nn.Module):
     def num_classes(self) -> int:
         raise NotImplementedError
 
+    @property
+    def min_input_frames(self) -> int:
+        """Shortest front-end output (frames, or samples for waveform models) the network accepts."""
+        return 1
+
+    @property
+    def max_input_frames(self) -> int | None:
+        """Longest front-end output the network handles in one pass (a time embedding's span); None: any."""
+        return None
+
     def forward(self, wave: Tensor) -> TaggerOutput:
         return self.forward_features(self.frontend(wave))
 

@@ -166,6 +166,10 @@ class HTSAT(TaggerModel):
     def num_classes(self) -> int:
         return self.tscam_conv.out_channels
 
+    @property
+    def max_input_frames(self) -> int:
+        return self.target_frames
+
     def spec_to_image(self, spec: Tensor) -> Tensor:
         """(B, 64, T) log-mel -> bn0 -> (B, 1, 256, 256) image, as the official reshape_wav2img."""
         name = self.arch or "htsat"

@@ -176,6 +176,10 @@ class PannsModel(TaggerModel):
     def num_classes(self) -> int:
         return self.fc_audioset.out_features
 
+    @property
+    def min_input_frames(self) -> int:
+        return self.min_frames
+
     def _check_input(self, spec: Tensor, bins: int | None) -> None:
         """Refuse the wrong layout or a clip too short for the pooling stack, with what to do."""
         name = self.arch or type(self).__name__

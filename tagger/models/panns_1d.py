@@ -40,6 +40,10 @@ class PannsWaveModel(TaggerModel):
     derived_logits = False
     min_samples = 1  # shortest waveform whose trunk output still has one time step
 
+    @property
+    def min_input_frames(self) -> int:
+        return self.min_samples
+
     def __init__(self, embed_dim: int, num_classes: int) -> None:
         super().__init__()
         self.frontend = Waveform(sample_rate=SAMPLE_RATE)

@@ -156,6 +156,15 @@ class PaSST(TaggerModel):
         return self._num_classes
 
     @property
+    def min_input_frames(self) -> int:
+        return PATCH
+
+    @property
+    def max_input_frames(self) -> int:
+        """The most frames whose time patches the time embedding covers."""
+        return (self.grid[1] - 1) * self.tstride + PATCH + self.tstride - 1
+
+    @property
     def grid(self) -> tuple[int, int]:
         """(frequency, time) patches the positional embeddings cover."""
         return self.freq_new_pos_embed.shape[2], self.time_new_pos_embed.shape[3]
@@ -230,7 +239,7 @@ class PaSST(TaggerModel):
     def _too_long(self, patches: int) -> str:
         """The official code silently cuts such input to the embedding; we refuse and say what to do."""
         covered = self.grid[1]
-        frames = (covered - 1) * self.tstride + PATCH + self.tstride - 1  # the most frames giving `covered`
+        frames = self.max_input_frames
         config = self.frontend.config
         seconds = frames * config.hop_length / config.sample_rate
         return (

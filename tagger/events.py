@@ -1,0 +1,279 @@
+"""Sound events from frame-level class scores: hysteresis thresholds, streamed over overlapping windows.
+
+Timing: frame k covers [k * frame_seconds, (k + 1) * frame_seconds). An event that switches on at frame a and off at
+frame b (the first frame whose score is below `off`) spans [a * frame_seconds, b * frame_seconds), clipped to the
+recording's duration when one is given. Gaps are merged (`min_gap`) before short events are dropped (`min_duration`),
+so fragments of one sound that merge into a long enough event survive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+
+from tagger.errors import TaggerError
+
+_BLOCK = 1 << 20  # score elements per internal block: bounds temporary memory whatever chunk size a caller passes
+_Runs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # label, onset frame, offset frame, peak
+
+
+@dataclass(frozen=True)
+class Event:
+    """One detection: class `label` active over [onset, offset) seconds, with its highest frame score."""
+
+    label: int
+    onset: float
+    offset: float
+    peak: float
+
+
+@dataclass(frozen=True)
+class EventRule:
+    """When a class counts as sounding: on at `on`, off below `off` (default on/2), then gap merging and length."""
+
+    on: float = 0.5
+    off: float | None = None
+    min_duration: float = 0.1
+    min_gap: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check("on", self.on, lambda v: 0 < v <= 1, "a number in (0, 1]")
+        if self.off is None:
+            object.__setattr__(self, "off", self.on / 2)
+        _check("off", self.off, lambda v: 0 <= v <= self.on, f"a number in [0, on={self.on:g}]")
+        _check("min_duration", self.min_duration, lambda v: v >= 0, "a number of seconds >= 0")
+        _check("min_gap", self.min_gap, lambda v: v >= 0, "a number of seconds >= 0")
+
+
+def _check(name: str, value: object, ok, want: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not ok(value):
+        raise TaggerError(f"event rule {name}={value!r} is invalid; it must be {want}")
+
+
+def _check_common(num_classes: int, frame_seconds: float) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
+        raise TaggerError(f"num_classes={num_classes!r} is invalid; it must be a whole number >= 1")
+    if not (isinstance(frame_seconds, Real) and math.isfinite(frame_seconds) and frame_seconds > 0):
+        raise TaggerError(f"frame_seconds={frame_seconds!r} is invalid; it must be a number of seconds > 0")
+
+
+def _frames(scores: object, num_classes: int, what: str) -> np.ndarray:
+    array = np.asarray(scores)
+    if array.ndim != 2 or array.shape[1] != num_classes:
+        raise TaggerError(f"{what} have shape {array.shape}; expected (frames, {num_classes})")
+    return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float64)
+
+
+class Stitcher:
+    """Overlap-averages per-window frame scores onto one timeline and hands out frames no later window can change.
+
+    Frame index of a time = round(time / frame_seconds); the timeline starts at frame 0. Windows must cover it without
+    holes (first window at 0 s, each next one starting at or before the previous one's end): a hole would have no
+    score at all, so it raises TaggerError instead of inventing one. Only frames from the latest window start on are
+    kept.
+    """
+
+    def __init__(self, num_classes: int, frame_seconds: float):
+        _check_common(num_classes, frame_seconds)
+        self.num_classes = int(num_classes)
+        self.frame_seconds = float(frame_seconds)
+        self.position = 0  # frame index of the next frame handed out
+        self._sums = np.zeros((0, self.num_classes))
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._dtype: np.dtype = np.dtype(np.float32)
+
+    @property
+    def time(self) -> float:
+        """Seconds at which the next frame handed out starts."""
+        return float(_seconds(self.position, self.frame_seconds))
+
+    def add(self, start: float, scores: np.ndarray) -> np.ndarray:
+        """Add a window's (T, C) frame scores (frame 0 at `start` s); return the (N, C) frames now final."""
+        scores = _frames(scores, self.num_classes, "window scores")
+        first = int(round(start / self.frame_seconds))
+        end = self.position + len(self._counts)
+        if first < self.position:
+            raise TaggerError(f"window at {start:g} s starts before an earlier window; add windows in start order")
+        if first > end:
+            raise TaggerError(
+                f"window at {start:g} s leaves frames {end}..{first - 1} without scores; windows must touch or overlap "
+                f"(frames per window x {self.frame_seconds:g} s >= hop)"
+            )
+        if len(scores):
+            self._dtype = np.result_type(scores.dtype, np.float32)
+        ready = self._take(first - self.position)
+        size = len(scores)
+        if size > len(self._counts):  # grow into a fresh array, so the dropped head is freed
+            sums, counts = np.zeros((size, self.num_classes)), np.zeros(size, dtype=np.int64)
+            sums[: len(self._counts)], counts[: len(self._counts)] = self._sums, self._counts
+            self._sums, self._counts = sums, counts
+        self._sums[:size] += scores
+        self._counts[:size] += 1
+        return ready
+
+    def finish(self) -> np.ndarray:
+        """The frames still held: the tail of the last window(s)."""
+        return self._take(len(self._counts))
+
+    def _take(self, count: int) -> np.ndarray:
+        ready = (self._sums[:count] / self._counts[:count, None]).astype(self._dtype)
+        self._sums, self._counts = self._sums[count:], self._counts[count:]
+        self.position += count
+        return ready
+
+
+class EventTracker:
+    """Hysteresis event detection fed frames in chunks, so events that span chunk or window boundaries stay whole.
+
+    State carried between calls is per class (open flag, onset, running peak, and one closed event that a later onset
+    within `min_gap` could still extend), so memory does not grow with the recording. An event is handed out once
+    nothing later can change it; each returned list is sorted by (onset, label), but a long event may come out after
+    shorter ones that began later, so sort the concatenation if you need global order.
+    """
+
+    def __init__(self, num_classes: int, frame_seconds: float, rule: EventRule, duration: float | None = None):
+        _check_common(num_classes, frame_seconds)
+        if duration is not None and not (isinstance(duration, Real) and math.isfinite(duration) and duration >= 0):
+            raise TaggerError(f"duration={duration!r} is invalid; it must be a number of seconds >= 0")
+        self.num_classes = c = int(num_classes)
+        self.frame_seconds = float(frame_seconds)
+        self.rule = rule
+        self.duration = None if duration is None else float(duration)
+        self.frames_seen = 0
+        # Per class: the open event (onset frame, running peak) and the last closed one, held while it may still merge.
+        self._open, self._start, self._peak = np.zeros(c, bool), np.zeros(c, np.int64), np.full(c, -np.inf)
+        self._held, self._held_on, self._held_off = np.zeros(c, bool), np.zeros(c, np.int64), np.zeros(c, np.int64)
+        self._held_peak = np.zeros(c)
+        self._eps = 1e-6 * self.frame_seconds  # float slack so a gap of exactly min_gap is not merged by rounding
+
+    def update(self, frames: np.ndarray) -> list[Event]:
+        """Consume the next (N, C) frames (time continues from the previous call); return the events now final."""
+        frames = _frames(frames, self.num_classes, "frame scores")
+        out: list[_Runs] = []
+        step = max(1, _BLOCK // self.num_classes)
+        for i in range(0, len(frames), step):
+            self._block(frames[i : i + step], out)
+        # A held event is final once even an onset at the very next frame would be min_gap or more away.
+        gap = (self.frames_seen - self._held_off) * self.frame_seconds
+        self._release(self._held & (gap >= self.rule.min_gap - self._eps), out)
+        return self._events(out)
+
+    def finish(self) -> list[Event]:
+        """Close the events still open at the end (offsets clipped to `duration`); call once, after the last update."""
+        opened = self._open
+        self._held[opened], self._held_on[opened] = True, self._start[opened]
+        self._held_off[opened], self._held_peak[opened] = self.frames_seen, self._peak[opened]
+        self._open[:] = False
+        out: list[_Runs] = []
+        self._release(self._held.copy(), out)
+        return self._events(out)
+
+    def _block(self, x: np.ndarray, out: list[_Runs]) -> None:
+        rule = self.rule
+        col_max, col_min = x.max(axis=0), x.min(axis=0)
+        if np.isnan(col_max).any():
+            raise TaggerError(f"frame scores contain NaN near frame {self.frames_seen}; check the model's output")
+        # Only classes whose state can flip in this block need the per-frame work; the rest just update peaks.
+        changing = np.where(self._open, col_min < rule.off, col_max >= rule.on)
+        steady = self._open & ~changing
+        self._peak[steady] = np.maximum(self._peak[steady], col_max[steady])
+        cols = np.flatnonzero(changing)
+        if cols.size:
+            self._runs(x, cols, out)
+        self.frames_seen += len(x)
+
+    def _runs(self, x: np.ndarray, cols: np.ndarray, out: list[_Runs]) -> None:
+        """Hysteresis on the changing classes, then gap merging, all as array operations over the runs found."""
+        n, base, fs = len(x), self.frames_seen, self.frame_seconds
+        # Class-major copy with a -inf sentinel after it, so reduceat can take run peaks up to the very end.
+        flat = np.empty(len(cols) * n + 1, dtype=x.dtype)
+        flat[-1] = -np.inf
+        xt = flat[:-1].reshape(len(cols), n)
+        np.take(x.T, cols, axis=0, out=xt, mode="clip")
+        # Each frame takes the state of the latest decisive frame (>= on, or < off); frames in between keep it.
+        high = xt >= self.rule.on
+        last = np.where(high | (xt < self.rule.off), np.arange(n, dtype=np.int32), np.int32(-1))
+        np.maximum.accumulate(last, axis=1, out=last)
+        was = self._open[cols]
+        state = np.where(last >= 0, np.take_along_axis(high, np.maximum(last, 0), axis=1), was[:, None])
+        # Edges with a virtual rise before the block (class open on entry) and a virtual fall after it (open on
+        # exit), so every class row reads rise, fall, rise, fall ... and run i is edges 2i and 2i + 1.
+        edges = np.empty((len(cols), n + 2), dtype=bool)
+        edges[:, 0], edges[:, n + 1] = was, state[:, -1]
+        np.not_equal(state[:, 0], was, out=edges[:, 1])
+        np.not_equal(state[:, 1:], state[:, :-1], out=edges[:, 2 : n + 1])
+        row, at = np.nonzero(edges)
+        local, rise, start, end = row[0::2], at[0::2], np.maximum(at[0::2] - 1, 0), at[1::2] - 1
+
+        # A carried event that ends at frame 0 has start == end: reduceat then gives x[0] (< off), which the max with
+        # its running peak (>= on) ignores.
+        bounds = np.empty(2 * len(start), dtype=np.intp)
+        bounds[0::2], bounds[1::2] = local * n + start, local * n + end
+        peak = np.maximum.reduceat(flat, bounds)[0::2].astype(np.float64)
+
+        label, onset, offset = cols[local], base + start.astype(np.int64), base + end.astype(np.int64)
+        carried = rise == 0  # the event open before this block goes on
+        onset[carried] = self._start[label[carried]]
+        peak[carried] = np.maximum(peak[carried], self._peak[label[carried]])
+        held = np.flatnonzero(self._held[cols])
+        if held.size:  # a class's held event goes before its runs, as a candidate for merging
+            h = cols[held]
+            order = np.argsort(np.concatenate([held, local]), kind="stable")
+            local = np.concatenate([held, local])[order]
+            label = np.concatenate([h, label])[order]
+            onset = np.concatenate([self._held_on[h], onset])[order]
+            offset = np.concatenate([self._held_off[h], offset])[order]
+            peak = np.concatenate([self._held_peak[h], peak])[order]
+            self._held[h] = False
+
+        join = (local[1:] == local[:-1]) & ((onset[1:] - offset[:-1]) * fs < self.rule.min_gap - self._eps)
+        first = np.flatnonzero(np.concatenate([[True], ~join]))
+        label, onset, peak = label[first], onset[first], np.maximum.reduceat(peak, first)
+        offset = offset[np.append(first[1:] - 1, len(join))]
+
+        tail = np.append(label[1:] != label[:-1], True)  # the last event of each class may still change
+        still_open = tail & (offset == base + n)
+        self._start[label[still_open]], self._peak[label[still_open]] = onset[still_open], peak[still_open]
+        hold = tail & ~still_open
+        h = label[hold]
+        self._held[h], self._held_on[h] = True, onset[hold]
+        self._held_off[h], self._held_peak[h] = offset[hold], peak[hold]
+        out.append((label[~tail], onset[~tail], offset[~tail], peak[~tail]))
+        self._open[cols] = state[:, -1]
+
+    def _release(self, mask: np.ndarray, out: list[_Runs]) -> None:
+        labels = np.flatnonzero(mask)
+        out.append((labels, self._held_on[labels], self._held_off[labels], self._held_peak[labels]))
+        self._held[labels] = False
+
+    def _events(self, parts: list[_Runs]) -> list[Event]:
+        """Final (label, onset frame, offset frame, peak) arrays -> Events: clipped, length-filtered, sorted."""
+        if not parts:
+            return []
+        label, onset, offset, peak = (np.concatenate(column) for column in zip(*parts, strict=True))
+        on, off = _seconds(onset, self.frame_seconds), _seconds(offset, self.frame_seconds)
+        if self.duration is not None:
+            on, off = np.minimum(on, self.duration), np.minimum(off, self.duration)
+        length = off - on
+        keep = np.flatnonzero((length > 0) & (length >= self.rule.min_duration - self._eps))
+        keep = keep[np.lexsort((label[keep], on[keep]))]
+        return list(map(Event, label[keep].tolist(), on[keep].tolist(), off[keep].tolist(), peak[keep].tolist()))
+
+
+def _seconds(frames, frame_seconds: float):
+    """Frame starts in seconds, rounded to the nanosecond so 7 frames of 0.1 s read 0.7, not 0.7000000000000001."""
+    return np.round(np.asarray(frames, dtype=np.float64) * frame_seconds, 9)
+
+
+def detect_events(
+    scores: np.ndarray, frame_seconds: float, rule: EventRule = EventRule(), duration: float | None = None
+) -> list[Event]:
+    """Events of a whole (T, C) score array: an EventTracker over all frames at once, sorted by (onset, label)."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise TaggerError(f"frame scores have shape {scores.shape}; expected (frames, classes)")
+    tracker = EventTracker(scores.shape[1], frame_seconds, rule, duration)
+    return sorted(tracker.update(scores) + tracker.finish(), key=lambda event: (event.onset, event.label))
