@@ -323,10 +323,15 @@ def predict_command(
     if top_k < 0:
         raise TaggerError(f"--top-k must be 0 (all) or more, got {top_k}")
     sink = PredictSink(None, Selection(top_k, threshold), fmt, output, _embeddings_target(embeddings), plot)
-    summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
-                          window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,
-                          onset=onset_threshold, offset=offset_threshold, min_duration=min_duration,
-                          min_gap=min_gap)
+    try:
+        summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
+                              window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,
+                              onset=onset_threshold, offset=offset_threshold, min_duration=min_duration,
+                              min_gap=min_gap)
+    except KeyboardInterrupt:
+        kept = "" if output is None else f"; {output} was left as it was"
+        console.log(f"interrupted after {sink.count} files{kept}")
+        raise typer.Exit(130) from None
     if summary.failed and not summary.scored:
         raise TaggerError(f"none of the {summary.failed} inputs could be scored (see the messages above)")
     if output is not None:
