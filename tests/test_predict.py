@@ -414,3 +414,14 @@ def test_real_mn04_tags_the_sample_clips(tmp_path):
     assert "Speech" in top["speech.wav"]
     assert "Music" in top["music.wav"]
     assert {"Typing", "Computer keyboard"} & set(top["typing.wav"])
+
+
+def test_cli_ctrl_c_exits_130_and_leaves_output_alone(clips, mn01_checkpoint, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tagger.predict_report.run_predict", interrupted)
+    out = tmp_path / "preds.json"
+    result = invoke(clips["a"], "--model", mn01_checkpoint, "--output", out)
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and not out.exists()
