@@ -67,6 +67,8 @@ def cold_start(model: Path, clip: Path, repeats: int, efficientat: Path | None) 
 
 
 def throughput(families: list[str], batch: int, seconds: float, repeats: int) -> list[dict]:
+    from bench_train_step import median_seconds  # median after one warm-up call
+
     rows = []
     for name in families:
         torch.manual_seed(0)
@@ -82,9 +84,10 @@ def throughput(families: list[str], batch: int, seconds: float, repeats: int) ->
                 with torch.inference_mode(), context:
                     torch.sigmoid(model(tensor).logits.float())
 
-            warmup = 2 if tagger._fast is not None else 1  # the fast path traces a shape on its second use
-            ours_s = _median(lambda tagger=tagger, wave=wave: tagger(wave, frames=False), repeats, warmup=warmup)
-            eager_s = _median(eager, repeats, warmup=1)
+            if tagger._fast is not None:  # the fast path traces a shape on its second use
+                tagger(wave, frames=False)
+            ours_s = median_seconds(lambda tagger=tagger, wave=wave: tagger(wave, frames=False), repeats)
+            eager_s = median_seconds(eager, repeats)
             rows.append({"model": name, "precision": precision, "batch": batch,
                          "tagger_clips_per_s": round(batch / ours_s, 2), "eager_clips_per_s": round(batch / eager_s, 2),
                          "speedup": round(eager_s / ours_s, 2)})
@@ -178,17 +181,6 @@ def _labels(count: int):
     from tagger.importing import numbered_labels
 
     return numbered_labels(count)
-
-
-def _median(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _markdown(rows: list[dict]) -> str:

@@ -296,11 +296,26 @@ def iter_windows(path, sample_rate: int, window_seconds: float, hop_seconds: flo
     _check_rate(sample_rate, "sample_rate")
     window = _seconds_to_samples(window_seconds, sample_rate, "window_seconds")
     hop = _seconds_to_samples(hop_seconds, sample_rate, "hop_seconds")
+    yield from _windows(iter_blocks(path, sample_rate, block_seconds, mono=True), sample_rate, window, hop, pad_last)
+
+
+def array_windows(wave: np.ndarray, sample_rate: int, window_seconds: float, hop_seconds: float,
+                  pad_last: bool = True) -> Iterator[tuple[float, np.ndarray]]:
+    """`iter_windows` over a mono waveform already in memory (e.g. a clip cropped to a fixed length)."""
+    _check_rate(sample_rate, "sample_rate")
+    window = _seconds_to_samples(window_seconds, sample_rate, "window_seconds")
+    hop = _seconds_to_samples(hop_seconds, sample_rate, "hop_seconds")
+    yield from _windows(_slice_blocks(np.asarray(wave, dtype=np.float32), max(window, hop)), sample_rate, window,
+                        hop, pad_last)
+
+
+def _windows(blocks: Iterator[np.ndarray], sample_rate: int, window: int, hop: int,
+             pad_last: bool) -> Iterator[tuple[float, np.ndarray]]:
     buffer = np.zeros(0, dtype=np.float32)
     start = 0  # sample index of buffer[0] in the whole file
     skip = 0  # samples still to drop when the hop is longer than the window
     emitted = False
-    for block in iter_blocks(path, sample_rate, block_seconds, mono=True):
+    for block in blocks:
         dropped = min(skip, block.size)
         skip -= dropped
         buffer = np.concatenate([buffer, block[dropped:]])

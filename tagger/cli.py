@@ -322,7 +322,7 @@ def predict_command(
 
     if top_k < 0:
         raise TaggerError(f"--top-k must be 0 (all) or more, got {top_k}")
-    sink = PredictSink(None, Selection(top_k, threshold), fmt, output, _embeddings_target(embeddings), plot)
+    sink = PredictSink(Selection(top_k, threshold), fmt, output, _embeddings_target(embeddings), plot)
     try:
         summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
                               window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,

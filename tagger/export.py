@@ -303,19 +303,16 @@ def _samples_for(frontend: _GraphFrontend, frames: int) -> int:
 
 
 def _plan(model: nn.Module, frontend: _GraphFrontend, seconds: float | None) -> _Plan:
+    from tagger.runtime import input_policy
+
     rate = model.sample_rate
     fixed = frontend.fixed_frames()
-    min_samples = max(int(model.frontend.min_samples), 2)
-    max_samples = None
-    if fixed is None:
-        min_samples = max(min_samples, _samples_for(frontend, int(getattr(model, "min_input_frames", 1))))
-        longest = getattr(model, "max_input_frames", None)
-        if longest is not None:
-            max_samples = _samples_for(frontend, int(longest) + 1) - 1
+    policy = input_policy(model)  # the same length limits predict and evaluate use
+    min_samples, max_samples = max(policy.min_samples, 2), policy.max_samples
     if seconds is None:
         samples = int(round(DEFAULT_SECONDS * rate))
         if fixed is not None:  # the model's natural length: exactly the frames it pads or crops to
-            samples = _samples_for(frontend, fixed)
+            samples = policy.window_samples
         if max_samples is not None:
             samples = min(samples, max_samples)
     else:

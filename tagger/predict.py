@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,21 +179,35 @@ def predict_files(
     on_error: Callable[[FileError], None] | None = None,
     on_note: Callable[[Path, str], None] | None = None,
     on_progress: Callable[[float], None] | None = None,
+    durations: Sequence[float | None] | None = None,
 ) -> Iterator[FileResult]:
     """Score `paths` in order, yielding one FileResult per readable file.
 
     Unreadable files go to `on_error` (or raise when it is None). `on_note` hears why a file was windowed;
-    `on_progress` is called with seconds of audio done, for progress bars.
+    `on_progress` is called with seconds of audio done, for progress bars. `durations` are lengths the caller
+    already read from the headers (None where it could not), so no header is read twice.
     """
     check_window(tagger, options)
     paths = list(paths)
     pending = _ClipBatcher(tagger, options)
-    done: dict[int, FileResult | None] = {}
+    done: dict[int, FileResult | None] = {}  # finished, waiting for earlier files; None for a failed file
     windowed: set[int] = set()  # these report their progress window by window
     next_out = 0
+
+    def finished() -> Iterator[FileResult]:
+        nonlocal next_out
+        while next_out in done:
+            result = done.pop(next_out)
+            if result is not None:
+                if on_progress is not None and next_out not in windowed:
+                    on_progress(result.duration)
+                yield result
+            next_out += 1
+
     for index, path in enumerate(paths):
         try:
-            duration = audio.info(path).duration
+            known = durations[index] if durations is not None else None
+            duration = audio.info(path).duration if known is None else known
             plan = plan_file(tagger, duration, options)
             if plan.note and on_note is not None:
                 on_note(Path(path), plan.note)
@@ -208,20 +222,9 @@ def predict_files(
                 raise
             on_error(FileError(Path(path), str(error).removeprefix(f"{path}: ")))
             done[index] = None
-        while next_out in done:
-            result = done.pop(next_out)
-            next_out += 1
-            if result is not None:
-                if on_progress is not None and next_out - 1 not in windowed:
-                    on_progress(result.duration)
-                yield result
+        yield from finished()
     done.update(pending.flush())
-    for index in range(next_out, len(paths)):
-        result = done.pop(index, None)
-        if result is not None:
-            if on_progress is not None and index not in windowed:
-                on_progress(result.duration)
-            yield result
+    yield from finished()
 
 
 class _ClipBatcher:
@@ -310,13 +313,7 @@ def _windows(path, rate: int, window: float, hop: float, options: PredictOptions
         yield from audio.iter_windows(path, rate, window, hop, options.block_seconds)
         return
     wave = audio.crop_or_pad(audio.load(path, rate), round(options.clip_seconds * rate))
-    size, step = round(window * rate), round(hop * rate)
-    start = 0
-    while True:
-        yield start / rate, audio.crop_or_pad(wave[start:start + size], size)
-        if start + size >= wave.size:
-            return
-        start += step
+    yield from audio.array_windows(wave, rate, window, hop)
 
 
 class _Track:
@@ -349,8 +346,9 @@ class _Track:
             self.total += probs
             self.logit_total += scores.logits[row]
             np.maximum(self.peak, probs, out=self.peak)
-            self.embedding_total = embedding.astype(np.float64) + (
-                0 if self.embedding_total is None else self.embedding_total)
+            if self.embedding_total is None:  # the embedding size is known from the first window
+                self.embedding_total = np.zeros(embedding.shape, np.float64)
+            self.embedding_total += embedding
             if self.options.per_window:
                 end = min(start + self.window, self.duration)
                 self.windows.append(WindowResult(start, end, probs, embedding))

@@ -106,41 +106,43 @@ class PredictSink:
 
     With `output`, everything goes to that file atomically (nothing half-written if the run fails); otherwise
     to stdout. Embeddings go to an .npy (files x D) or .npz (paths, embeddings, and per-window arrays) file.
+    `start` gives it the model's labels and the number of inputs once the model is loaded.
     """
 
-    def __init__(self, labels: LabelSet, selection: Selection, fmt: str, output=None, embeddings=None,
-                 plot=None, plot_count: int = 1):
+    def __init__(self, selection: Selection, fmt: str, output=None, embeddings=None, plot=None):
         from tagger.errors import TaggerError
 
         if fmt not in PREDICT_FORMATS:
             raise TaggerError(f"--format {fmt!r} is not one of {', '.join(PREDICT_FORMATS)}")
-        self.labels, self.selection, self.fmt = labels, selection, fmt
-        self.output, self.plot, self.plot_count = output, plot, plot_count
+        self.selection, self.fmt, self.output, self.plot = selection, fmt, output, plot
         self.embeddings = None if embeddings in (None, "json") else embeddings
         self.embed_json = embeddings == "json"
         if self.embeddings is not None and self.embeddings.suffix not in (".npy", ".npz"):
             raise TaggerError(f"--embeddings {self.embeddings}: use a .npy or .npz file name, or 'json'")
-        self.chunks: list[str] = []
-        self.objects: list[dict] = []
+        self.labels: LabelSet | None = None
+        self.plot_count = 1
+        self.chunks: list[str] = []  # what goes to --output
+        self.objects: list[dict] = []  # json
         self.table: list[dict] = []
         self.events: list[dict] = []
+        self.paths: list[str] = []  # embeddings, when written to a file
         self.vectors: list[np.ndarray] = []
         self.window_vectors: list[tuple[str, float, float, np.ndarray]] = []
-        self.paths: list[str] = []
-        self.plots_written: list[str] = []
         self.count = 0
 
-    def add(self, result: FileResult) -> None:
-        from tagger import console
+    def start(self, labels: LabelSet, files: int) -> None:
+        self.labels, self.plot_count = labels, files
 
+    def add(self, result: FileResult) -> None:
         self.count += 1
-        self.paths.append(str(result.path))
-        self.vectors.append(result.embedding)
-        self.window_vectors += [(str(result.path), w.start, w.end, w.embedding) for w in result.windows]
+        if self.embeddings is not None:
+            self.paths.append(str(result.path))
+            self.vectors.append(result.embedding)
+            self.window_vectors += [(str(result.path), w.start, w.end, w.embedding) for w in result.windows]
         if self.fmt == "jsonl":
-            self._emit(jsonl_line(file_object(result, self.labels, self.selection, self.embed_json)))
+            self._write(jsonl_line(file_object(result, self.labels, self.selection, self.embed_json)))
         elif self.fmt == "csv":
-            self._emit(csv_text(csv_rows(result, self.labels, self.selection), header=self.count == 1))
+            self._write(csv_text(csv_rows(result, self.labels, self.selection), header=self.count == 1))
         elif self.fmt == "json":
             self.objects.append(file_object(result, self.labels, self.selection, self.embed_json))
         else:
@@ -148,11 +150,15 @@ class PredictSink:
             self.events += event_rows(result, self.labels)
         if self.plot is not None and result.timeline is not None:
             self._plot(result)
-        if self.output is None and self.fmt in ("jsonl", "csv"):
-            console.stdout.out(self.chunks.pop().rstrip("\n"), highlight=False)
 
-    def _emit(self, text: str) -> None:
-        self.chunks.append(text)
+    def _write(self, text: str) -> None:
+        """To --output at the end (atomically), or to stdout now."""
+        from tagger import console
+
+        if self.output is not None:
+            self.chunks.append(text)
+        else:
+            console.stdout.out(text.rstrip("\n"), highlight=False)
 
     def _plot(self, result: FileResult) -> None:
         from tagger.timeline import plot_timeline
@@ -163,31 +169,28 @@ class PredictSink:
         names = [self.labels.name_of(i) for i in range(len(self.labels))]
         plot_timeline(result.timeline, result.timeline_seconds, names, path, events=result.events or (),
                       title=str(result.path.name))
-        self.plots_written.append(str(path))
 
     def finish(self) -> None:
         from tagger import console
         from tagger.fileio import atomic_path, atomic_write_text
 
         if self.fmt == "json":
-            self._emit(json.dumps(self.objects, indent=2, ensure_ascii=False) + "\n")
-        if self.output is not None:
-            if self.fmt == "table":
-                self._emit(_plain_table(self.table, self.events))
-            atomic_write_text(self.output, "".join(self.chunks))
-        elif self.fmt == "json":
-            console.stdout.out(self.chunks.pop().rstrip("\n"), highlight=False)
+            self._write(json.dumps(self.objects, indent=2, ensure_ascii=False) + "\n")
         elif self.fmt == "table":
-            console.render(self.table, "table", title="predictions")
-            if self.events:
-                console.render(self.events, "table", title="events")
+            if self.output is not None:
+                self.chunks.append(_plain_table(self.table, self.events))
+            else:
+                console.render(self.table, "table", title="predictions")
+                if self.events:
+                    console.render(self.events, "table", title="events")
+        if self.output is not None:
+            atomic_write_text(self.output, "".join(self.chunks))
         if self.embeddings is not None and self.vectors:
-            with atomic_path(self.embeddings) as tmp:
-                with open(tmp, "wb") as handle:
-                    if self.embeddings.suffix == ".npy":
-                        np.save(handle, np.stack(self.vectors))
-                    else:
-                        np.savez(handle, **self._embedding_arrays())
+            with atomic_path(self.embeddings) as tmp, open(tmp, "wb") as handle:
+                if self.embeddings.suffix == ".npy":
+                    np.save(handle, np.stack(self.vectors))
+                else:
+                    np.savez(handle, **self._embedding_arrays())
 
     def _embedding_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"paths": np.array(self.paths), "embeddings": np.stack(self.vectors)}
@@ -238,7 +241,7 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
     if not files:
         return PredictSummary(0, failed)
     tagger = Tagger.load(model, device=device, precision=precision)
-    sink.labels, sink.plot_count = tagger.labels, len(files)
+    sink.start(tagger.labels, len(files))
 
     def on_error(problem) -> None:
         nonlocal failed
@@ -249,11 +252,13 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
         console.log(f"{path}: {note}")
 
     scored = 0
-    total = sum(_duration(path) for path in files)
+    durations = [_duration(path) for path in files]  # headers read once: the progress total and the plans
+    total = sum(d for d in durations if d is not None)
     with console.progress("s") as bar:
         task = bar.add_task("tagging (seconds of audio)", total=total, rate="")
         for result in predict_files(tagger, files, options, on_error=on_error, on_note=on_note,
-                                    on_progress=lambda seconds: bar.update(task, advance=seconds)):
+                                    on_progress=lambda seconds: bar.update(task, advance=seconds),
+                                    durations=durations):
             sink.add(result)
             scored += 1
         bar.update(task, completed=total)
@@ -262,12 +267,12 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
     return PredictSummary(scored, failed)
 
 
-def _duration(path) -> float:
-    """Seconds of audio from the header, for the progress total; 0 for files that will fail anyway."""
+def _duration(path) -> float | None:
+    """Seconds of audio from the header; None for a file that fails (predict_files then reports why)."""
     from tagger import audio
     from tagger.errors import TaggerError
 
     try:
         return audio.info(path).duration
     except TaggerError:
-        return 0.0
+        return None

@@ -216,6 +216,10 @@ def test_iter_windows_equal_slicing(tmp_path, window_s, hop_s, block_s, pad_last
     for (_, win), start in zip(got, starts, strict=True):
         assert win.shape == (window,) and win.dtype == np.float32
         assert np.allclose(win, audio.crop_or_pad(wave[start:], window), atol=1e-5)
+    in_memory = list(audio.array_windows(wave, rate, window_s, hop_s, pad_last=pad_last))
+    assert [round(t * rate) for t, _ in in_memory] == starts
+    for (_, win), start in zip(in_memory, starts, strict=True):
+        assert np.array_equal(win, audio.crop_or_pad(wave[start:], window))
 
 
 def test_iter_windows_last_window_padded(tmp_path):
