@@ -55,6 +55,11 @@ def _root(
 
 
 FormatOption = Annotated[str, typer.Option("--format", help="Result format: table, json or csv.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")]
+SplitOption = Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")]
+ManifestFormatOption = Annotated[str, typer.Option(help="Manifest format, or auto.")]
+AudioDirOption = Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")]
 
 
 def _check_format(fmt: str) -> None:
@@ -75,6 +80,20 @@ def synthesize_command(
     sample_rate: Annotated[int, typer.Option(help="Sample rate of the WAV files.")] = 16000,
     valid_fraction: Annotated[float, typer.Option(help="Share of clips in valid.csv.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    hierarchy: Annotated[
+        bool,
+        typer.Option(
+            "--hierarchy/--no-hierarchy",
+            help="Add the parent classes tonal and broadband to every clip's labels and write ontology.csv.",
+        ),
+    ] = False,
+    missing_labels: Annotated[
+        float,
+        typer.Option(
+            help="Chance per train class that its (class, parent) pair loses one label: a Type I or Type II gap "
+            "(needs --hierarchy); the complete labels go to train-complete.csv."
+        ),
+    ] = 0.0,
     fmt: FormatOption = "table",
 ) -> None:
     """Write a small labelled synthetic audio set with known event times (demo and test data)."""
@@ -84,7 +103,9 @@ def synthesize_command(
     from tagger.labels import LabelSet
     from tagger.synth import synthesize
 
-    paths = synthesize(out_dir, clips, seconds, sample_rate, valid_fraction, seed)
+    paths = synthesize(
+        out_dir, clips, seconds, sample_rate, valid_fraction, seed, hierarchy=hierarchy, missing_labels=missing_labels
+    )
     rows = []
     for split in ("train", "valid"):
         manifest = read_manifest(paths[split])
@@ -93,7 +114,8 @@ def synthesize_command(
             for label in example.labels:
                 counts[label] = counts.get(label, 0) + 1
         rows.append({"split": split, "clips": len(manifest.examples), **counts})
-    console.log(f"wrote {paths['train']}, {paths['valid']}, {paths['labels']} and {paths['events']}")
+    extra = f", {paths['train_complete']}, {paths['ontology']}" if "ontology" in paths else ""
+    console.log(f"wrote {paths['train']}, {paths['valid']}{extra}, {paths['labels']} and {paths['events']}")
     console.render(rows, fmt, title="synthetic set: clips per label")
 
 
@@ -108,10 +130,10 @@ def extract_features_command(
     ],
     out: Annotated[Path, typer.Option(help="Feature store folder (created; reruns resume).")],
     labels: Annotated[Path | None, typer.Option(help="class_labels_indices.csv to validate labels against.")] = None,
-    manifest_format: Annotated[str, typer.Option(help="Manifest format, or auto.")] = "auto",
+    manifest_format: ManifestFormatOption = "auto",
     audio_dir: Annotated[Path | None, typer.Option(help="Audio folder for AudioSet/ESC-50/FSD50K metadata.")] = None,
     folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
-    split: Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")] = None,
+    split: SplitOption = None,
     workers: Annotated[int, typer.Option(help="Decoding worker processes (0: decode in this process).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Clips per front-end batch.")] = 16,
     duration: Annotated[float | None, typer.Option(help="Crop or zero-pad every clip to this many seconds.")] = None,
@@ -301,8 +323,8 @@ def predict_command(
     threshold: Annotated[float | None, typer.Option(help="Only show labels scoring at least this.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv (long form) or jsonl.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write results to this file instead of stdout.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
     batch_size: Annotated[int, typer.Option(help="Clips or windows per forward pass.")] = 8,
     window: Annotated[float | None, typer.Option(help="Score sliding windows of this many seconds.")] = None,
     hop: Annotated[float | None, typer.Option(help="Seconds between window starts (default: window / 2).")] = None,
@@ -357,12 +379,12 @@ def evaluate_command(
     clip_seconds: Annotated[float | None, typer.Option(help="Crop/zero-pad every clip to this many seconds "
                                                        "(default: the whole clip).")] = None,
     batch_size: Annotated[int, typer.Option(help="Clips or windows per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
     folds: Annotated[str | None, typer.Option(help="ESC-50 folds to evaluate, e.g. 5 or 1,2.")] = None,
-    split: Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")] = None,
-    manifest_format: Annotated[str, typer.Option(help="Manifest format, or auto.")] = "auto",
-    audio_dir: Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")] = None,
+    split: SplitOption = None,
+    manifest_format: ManifestFormatOption = "auto",
+    audio_dir: AudioDirOption = None,
     on_error: Annotated[str, typer.Option(help="Missing/unreadable audio: fail, or skip (listed on stderr).")
                         ] = "fail",
 ) -> None:
@@ -437,6 +459,119 @@ def export_command(
     for note in report.notes:
         console.log(f"note: {note}")
     console.render([report.row()], result_fmt, title="export")
+
+
+@app.command("enhance-labels")
+@user_errors
+def enhance_labels_command(
+    manifest: Annotated[Path, typer.Argument(help="Training manifest to enhance (any format of docs/data.md).")],
+    teacher: Annotated[Path, typer.Option(help="Teacher: a tagger checkpoint (.pt) trained on these labels, or a "
+                                          "predictions .npz from tagger evaluate --save-predictions.")],
+    ontology: Annotated[Path | None, typer.Option(help="Class hierarchy: AudioSet's ontology.json or a parent,child "
+                                                  "CSV.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label file mapping the manifest's labels onto the teacher's "
+                                                "classes (as tagger evaluate --labels).")] = None,
+    threshold: Annotated[str, typer.Option(help="Per-class threshold: mean, median, p25, p10, p5 of the teacher's "
+                                           "scores on the class's positives, or a fixed probability.")] = "mean",
+    fallback_threshold: Annotated[float | None, typer.Option(help="Threshold for classes without positives "
+                                                             "(default: they are never added, as PSLA).")] = None,
+    fix: Annotated[str, typer.Option(help="Rules: type1 (parent gets missing child), type2 (class gets missing "
+                                     "ancestors), or type1,type2.")] = "type1,type2",
+    single_pass: Annotated[bool, typer.Option("--single-pass", help="Apply each rule once to the original labels, "
+                                              "exactly as PSLA (default: repeat until nothing changes).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Enhanced manifest (.json or .csv; default: MANIFEST-enhanced "
+                                             "beside the input).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Markdown report (default: OUT-report.md); a per-class CSV "
+                                                "of the same stem goes beside it.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write only the report (and the teacher-score "
+                                          "cache).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    store_teacher_logits: Annotated[Path | None, typer.Option(help="Also write the teacher's logits per clip "
+                                                              "(.npz) for tagger train --set loss.teacher=...")] = None,
+    top_k: Annotated[int | None, typer.Option(help="With --store-teacher-logits: keep each clip's K largest "
+                                              "logits only (CED's sparse targets).")] = None,
+    clip_seconds: Annotated[float | None, typer.Option(help="Crop/zero-pad clips to this many seconds for the "
+                                                       "teacher (default: the whole clip).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips or windows per teacher forward pass.")] = 8,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
+    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to read, e.g. 1,2,3.")] = None,
+    split: SplitOption = None,
+    manifest_format: ManifestFormatOption = "auto",
+    audio_dir: AudioDirOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """PSLA label enhancement: a teacher and an ontology add missing child (Type I) and parent (Type II) labels."""
+    _check_format(fmt)
+    import time
+
+    from tagger import console, enhance_run
+    from tagger.data.manifests import read_manifest
+    from tagger.enhance import parse_fixes, parse_threshold
+    from tagger.enhance_report import build_report, render, write_csv, write_markdown
+    from tagger.labels import LabelSet, Ontology
+
+    settings = enhance_run.EnhanceSettings(parse_threshold(threshold), fallback_threshold, parse_fixes(fix),
+                                           single_pass)
+    if fallback_threshold is not None and not 0 <= fallback_threshold <= 1:
+        raise TaggerError(f"--fallback-threshold {fallback_threshold} must be between 0 and 1")
+    if top_k is not None and store_teacher_logits is None:
+        raise TaggerError("--top-k applies to --store-teacher-logits; add that option or drop --top-k")
+    if ontology is None:
+        raise TaggerError("enhancement needs the class hierarchy: pass --ontology ontology.json (AudioSet's) or a "
+                          "CSV of parent,child rows")
+    paths = enhance_run.default_paths(manifest, out, report)
+    writes = [paths["report"], paths["report_csv"]]
+    if not dry_run:
+        writes += [paths["manifest"], paths["weights"], *([store_teacher_logits] if store_teacher_logits else [])]
+    if any(path.resolve() == manifest.resolve() for path in writes):
+        raise TaggerError(f"an output would replace the input manifest {manifest}; choose another --out or --report")
+    existing = [path for path in writes if path.exists()]
+    if existing and not force:
+        raise TaggerError(f"{existing[0]} exists; pass --force to overwrite it or choose another --out/--report")
+    data = read_manifest(manifest, manifest_format, audio_dir=audio_dir, folds=_parse_folds(folds), split=split)
+    if data.missing:
+        console.log(f"note: {len(data.missing)} clips of {manifest} have no audio; they are kept unchanged")
+    hierarchy = Ontology.load(ontology)
+    mapping = LabelSet.from_csv(labels) if labels is not None else None
+
+    started = time.perf_counter()
+    try:
+        with console.progress() as bar:
+            task = bar.add_task("teacher", total=None, rate="")
+
+            def progress(done: int, total: int) -> None:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=done, total=total, rate=f"{rate:.1f} files/s")
+
+            scores = enhance_run.teacher_scores(
+                teacher, data, mapping=mapping, cache=paths["cache"], clip_seconds=clip_seconds,
+                batch_size=batch_size, device=device, precision=precision, on_progress=progress,
+                on_note=lambda text: console.log(f"note: {text}"),
+                check=enhance_run.check_inputs(data, hierarchy, mapping))
+    except KeyboardInterrupt:
+        console.log(f"interrupted; the scores so far are in {paths['cache']}: rerun the command to go on")
+        raise typer.Exit(130) from None
+    for problem in scores.skipped:
+        console.log(f"skipped {problem.path}: {problem.message} (its labels are kept unchanged)")
+    result = enhance_run.enhance_manifest(data, scores, hierarchy, settings, mapping)
+    reused = int(result.scored.sum()) - scores.scored_now
+    console.log(f"teacher {teacher}: {scores.scored_now} clips scored now, {reused} from "
+                f"{'the predictions file' if teacher.suffix.lower() == '.npz' else paths['cache']}")
+    summary = build_report(result)
+    write_markdown(summary, paths["report"])
+    write_csv(summary, paths["report_csv"])
+    render(summary, fmt)
+    console.log(f"wrote {paths['report']} and {paths['report_csv']}")
+    if dry_run:
+        console.log("dry run: no manifest written")
+        return
+    rows = enhance_run.write_manifest_and_weights(result, paths["manifest"], paths["weights"], audio_dir)
+    console.log(f"wrote {paths['manifest']} ({rows} rows, {len(result.new_labels)} changed) and {paths['weights']}")
+    if store_teacher_logits is not None:
+        count = enhance_run.store_teacher_logits(result, store_teacher_logits, top_k)
+        console.log(f"wrote the teacher's logits of {count} clips to {store_teacher_logits} "
+                    f"(tagger train --set loss.teacher={store_teacher_logits})")
 
 
 def _parse_folds(text: str | None) -> list[int] | None:

@@ -43,8 +43,11 @@ class EvaluationResult:
     model: str = ""
     clip_seconds: float | None = None
 
-    def save_predictions(self, path: str | Path) -> Path:
-        """Write the arrays `tagger ensemble` reads (layout in docs/evaluate.md) as one .npz, atomically."""
+    def save_predictions(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the arrays `tagger ensemble` reads (layout in docs/evaluate.md) as one .npz, atomically.
+
+        extra: more named arrays for the caller's own bookkeeping (readers ignore names they do not know).
+        """
         from tagger.fileio import atomic_path
 
         arrays = {
@@ -58,6 +61,7 @@ class EvaluationResult:
             "task": np.asarray(self.task),
             "model": np.asarray(self.model),
             "clip_seconds": np.asarray(np.nan if self.clip_seconds is None else self.clip_seconds, dtype=np.float64),
+            **{name: np.asarray(value) for name, value in (extra or {}).items()},
         }
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

@@ -369,8 +369,12 @@ class Ontology:
                     stack.append(iter(self._children[kid]))
 
     def without_abstract(self) -> Ontology:
-        """The graph minus abstract nodes and their edges (PSLA's policy: paths through them are cut)."""
-        keep = {i: n for i, n in self._names.items() if not self.is_abstract(i)}
+        """The graph minus purely abstract nodes and their edges: PSLA's filter (`restrictions != ['abstract']`).
+
+        Paths through a removed node are cut. A node both abstract and blacklisted (AudioSet's 'Musical concepts')
+        stays, as in PSLA, so Song keeps Music as an ancestor.
+        """
+        keep = {i: n for i, n in self._names.items() if self.restrictions(i) != ("abstract",)}
         children = {i: [k for k in self._children[i] if k in keep] for i in keep}
         return Ontology(keep, children, self._restrictions, source=self._source)
 

@@ -198,9 +198,9 @@ def test_ontology_json_queries(tmp_path):
 
 def test_without_abstract_cuts_paths(tmp_path):
     onto = Ontology.load(small_ontology_json(tmp_path)).without_abstract()
-    assert set(onto.ids) == {"animal", "dog", "bark", "thing"}
-    assert onto.parents("dog") == ("animal",)
-    assert onto.ancestors("bark") == {"dog", "animal"}
+    assert set(onto.ids) == {"animal", "pet", "dog", "bark", "thing"}  # pet is abstract *and* blacklisted: kept
+    assert set(onto.parents("dog")) == {"animal", "pet"}
+    assert onto.ancestors("bark") == {"dog", "animal", "pet"}
     assert onto.ancestors("thing") == set()  # its only parent was abstract
 
 
@@ -243,4 +243,6 @@ def test_real_audioset_ontology():
     abstract = [i for i in onto.ids if onto.is_abstract(i)]
     assert len(abstract) == 23
     assert sum(onto.restrictions(i) == ("abstract", "blacklist") for i in abstract) == 1
-    assert len(onto.without_abstract()) == 609
+    kept = onto.without_abstract()
+    assert len(kept) == 610  # 'Musical concepts' (abstract and blacklist) stays, as in PSLA
+    assert "/m/04rlf" in kept.ancestors("/m/074ft")  # Song -> Musical concepts -> Music

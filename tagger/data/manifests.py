@@ -469,7 +469,7 @@ def _split_missing(examples: list[Example], listing: _Listing) -> tuple[list[Exa
 def write_manifest_csv(examples: Iterable[Example], path: str | Path) -> None:
     """Write the plain `path,labels,id` CSV, choosing a label separator the reader will detect back."""
     examples = list(examples)
-    cells = _label_cells(examples, path)
+    cells = _label_cells([e.labels for e in examples], path)
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=_delimiter(Path(path)), lineterminator="\n")
     writer.writerow(["path", "labels", "id"])
@@ -477,16 +477,16 @@ def write_manifest_csv(examples: Iterable[Example], path: str | Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _label_cells(examples: list[Example], path: str | Path) -> list[str]:
+def _label_cells(label_lists: Sequence[Sequence[str]], path: str | Path) -> list[str]:
     """Joined labels per clip with the first separator that no label contains and the reader will detect.
 
     A trailing separator on the first cell (an empty label, dropped on reading) announces ';' or '|' in files
     where no cell holds two labels.
     """
     for separator in LABEL_SEPARATORS[::-1]:
-        if any(separator in label for e in examples for label in e.labels):
+        if any(separator in label for labels in label_lists for label in labels):
             continue
-        cells = [separator.join(e.labels) for e in examples]
+        cells = [separator.join(labels) for labels in label_lists]
         if cells and detect_label_separator(cells) != separator:
             cells[0] += separator
         if detect_label_separator(cells) == separator:
@@ -496,12 +496,126 @@ def _label_cells(examples: list[Example], path: str | Path) -> list[str]:
 
 def write_manifest_json(examples: Iterable[Example], path: str | Path) -> None:
     """Write the AST/PSLA JSON manifest, readable by the reference code as well as by `read_manifest`."""
-    data = []
-    for example in examples:
-        bad = next((label for label in example.labels if "," in label), None)
-        if bad is not None:
-            raise TaggerError(
-                f"cannot write label {bad!r} to the JSON manifest {path}: AST joins labels with ','"
-            )
-        data.append({"wav": str(example.path), "labels": ",".join(example.labels)})
+    data = [{"wav": str(example.path), "labels": _json_labels(example.labels, path)} for example in examples]
     atomic_write_text(path, json.dumps({"data": data}, indent=1) + "\n")
+
+
+def _json_labels(labels: Sequence[str], path: str | Path) -> str:
+    bad = next((label for label in labels if "," in label), None)
+    if bad is not None:
+        raise TaggerError(f"cannot write label {bad!r} to the JSON manifest {path}: AST joins labels with ','")
+    return ",".join(labels)
+
+
+def write_manifest_like(
+    manifest: Manifest, labels: dict[str, Sequence[str]], path: str | Path, audio_dir: str | Path | None = None
+) -> list[tuple[str, ...]]:
+    """Write `manifest` again with new labels for the clips whose id is in `labels`; return each row's labels.
+
+    The input's own format is kept when `path`'s suffix allows it: an AST JSON keeps its other keys and entries,
+    a plain CSV its other columns, an AudioSet CSV its comment lines and times; rows the reader set aside
+    (missing audio, repeats) are written unchanged. Other formats (ESC-50, FSD50K, a folder, or a change of
+    suffix) become the plain `path,labels,id` CSV or the AST JSON of the readable clips.
+
+    Relative audio paths are rewritten so that they still point at the same files from `path`'s folder
+    (`audio_dir`: the folder they were relative to when read, if not the manifest's). An AudioSet CSV names no
+    paths: written to another folder, it needs --audio-dir when read.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv", ".tsv"):
+        raise TaggerError(f"output manifest {path} must end in .json, .csv or .tsv")
+    source = manifest.source
+    move = _path_mover(Path(audio_dir) if audio_dir is not None else source.parent, path.parent)
+    if suffix == ".json" and manifest.format == "ast-json":
+        return _rewrite_ast_json(source, labels, path, move)
+    if suffix in (".csv", ".tsv") and manifest.format == "csv" and _delimiter(source) == _delimiter(path):
+        return _rewrite_csv(source, labels, path, move)
+    if suffix == ".csv" and manifest.format == "audioset-csv":
+        return _rewrite_audioset_csv(source, labels, path)
+    here = path.parent.resolve()
+    examples = [Example(Path(os.path.relpath(Path(e.path).resolve(), here)), tuple(labels.get(e.id, e.labels)), e.id)
+                for e in [*manifest.examples, *manifest.missing]]
+    (write_manifest_json if suffix == ".json" else write_manifest_csv)(examples, path)
+    return [e.labels for e in examples]
+
+
+def _path_mover(base: Path, target: Path) -> Callable[[str], str]:
+    """A relative path read against `base`, made relative to `target` instead; absolute paths stay as they are."""
+    if base.resolve() == target.resolve():
+        return lambda raw: raw
+
+    def move(raw: str) -> str:
+        if Path(os.path.expanduser(raw)).is_absolute():
+            return raw
+        return Path(os.path.relpath((base / raw).resolve(), target.resolve())).as_posix()
+
+    return move
+
+
+def _take(labels: dict[str, Sequence[str]], clip_id: str, used: set[str]) -> Sequence[str] | None:
+    """New labels for the first row of a clip id only: a repeated row was not read, so it is not relabelled."""
+    if clip_id in used or clip_id not in labels:
+        return None
+    used.add(clip_id)
+    return labels[clip_id]
+
+
+def _rewrite_ast_json(source: Path, labels: dict[str, Sequence[str]], path: Path,
+                      move: Callable[[str], str]) -> list[tuple[str, ...]]:
+    data = json.loads(source.read_text(encoding="utf-8-sig"))
+    used: set[str] = set()
+    rows = []
+    for entry in data["data"]:
+        new = _take(labels, Path(entry["wav"]).stem, used)
+        entry["wav"] = move(entry["wav"])
+        if new is not None:
+            entry["labels"] = list(new) if isinstance(entry.get("labels"), list) else _json_labels(new, path)
+        old = entry.get("labels", "")
+        rows.append(tuple(old) if isinstance(old, list) else _split_labels(old))
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return rows
+
+
+def _rewrite_csv(source: Path, labels: dict[str, Sequence[str]], path: Path,
+                 move: Callable[[str], str]) -> list[tuple[str, ...]]:
+    columns, body = _table(source, ("path",))
+    header = _csv_rows(source, delimiter=_delimiter(source))[0][1]
+    if "labels" not in columns:
+        header, columns = [*header, "labels"], {**columns, "labels": len(header)}
+        body = [(line, [*cells, ""]) for line, cells in body]
+    separator = detect_label_separator(cells[columns["labels"]] for _, cells in body)
+    used: set[str] = set()
+    rows = []
+    for _, cells in body:
+        given_id = cells[columns["id"]] if "id" in columns else ""
+        clip_id = given_id or Path(cells[columns["path"]]).stem
+        new = _take(labels, clip_id, used)
+        rows.append(tuple(new) if new is not None else _split_labels(cells[columns["labels"]], separator))
+        cells[columns["path"]] = move(cells[columns["path"]])
+    label_cells = _label_cells(rows, path)
+    table = [[*cells[: columns["labels"]], text, *cells[columns["labels"] + 1 :]]
+             for (_, cells), text in zip(body, label_cells, strict=True)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=_delimiter(path), lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(table)
+    atomic_write_text(path, buffer.getvalue())
+    return rows
+
+
+def _rewrite_audioset_csv(source: Path, labels: dict[str, Sequence[str]], path: Path) -> list[tuple[str, ...]]:
+    used: set[str] = set()
+    rows, lines = [], []
+    with open(source, newline="", encoding="utf-8-sig") as handle:
+        for line in handle:
+            if line.startswith("#") or not line.strip():
+                lines.append(line.rstrip("\r\n"))
+                continue
+            ytid, start, end, old = next(csv.reader([line], skipinitialspace=True))
+            new = _take(labels, ytid.strip(), used)
+            row = tuple(new) if new is not None else _split_labels(old)
+            rows.append(row)
+            lines.append(f'{ytid.strip()}, {start.strip()}, {end.strip()}, "{",".join(row)}"')
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return rows

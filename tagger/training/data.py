@@ -81,40 +81,109 @@ def encode_targets(labels: LabelSet, source: Source) -> np.ndarray:
 
 @dataclass
 class Teacher:
-    """Stored teacher logits (EfficientAT distillation) as probabilities sigmoid(logits / T), by clip id."""
+    """Stored teacher logits (EfficientAT distillation) as probabilities sigmoid(logits / T), by clip id.
 
-    probs: np.ndarray  # (N_teacher, C) float32
+    File layout (`save_teacher` writes it): `ids` (N,) and either `logits` (N, C) or, stored sparsely as CED does,
+    `topk_indices` and `topk_logits` (N, K), where classes outside a clip's top K count as probability 0. With
+    `label_ids` (C,) (and `label_names`) the columns are matched to this run's classes by id, else by name;
+    without them the columns must already be in this run's label order.
+    """
+
+    probs: np.ndarray  # (N_teacher, C) float32 in the run's label order
     row: dict[str, int]
 
     @classmethod
-    def load(cls, path: str | Path, num_classes: int, temperature: float) -> Teacher:
+    def load(cls, path: str | Path, labels: LabelSet | int, temperature: float) -> Teacher:
         path = Path(path)
         if not path.is_file():
             raise TaggerError(f"teacher file {path} does not exist; it must be an .npz with `ids` and `logits`")
         try:
             with np.load(path, allow_pickle=False) as data:
-                ids, logits = [str(i) for i in data["ids"]], np.asarray(data["logits"], dtype=np.float32)
+                arrays = {name: data[name] for name in data.files}
+            ids = [str(i) for i in arrays["ids"]]
+            probs = _teacher_probabilities(arrays, len(ids), temperature)
         except (KeyError, ValueError, OSError) as error:
             raise TaggerError(f"{path}: not a teacher file (.npz with arrays `ids` and `logits`): {error}") from None
-        if logits.ndim != 2 or logits.shape != (len(ids), num_classes):
-            raise TaggerError(f"{path}: logits {logits.shape} must be (number of ids {len(ids)}, {num_classes} "
-                              "classes) in the label order of this run")
-        if not np.isfinite(logits).all():
-            raise TaggerError(f"{path}: teacher logits contain NaN or infinity")
-        probs = 1.0 / (1.0 + np.exp(-logits / temperature))
-        return cls(probs.astype(np.float32), {clip: i for i, clip in enumerate(ids)})
+        except TaggerError as error:
+            raise TaggerError(f"{path}: {error}") from None
+        probs = _in_run_order(probs, arrays, labels, path)
+        return cls(probs, {clip: i for i, clip in enumerate(ids)})
 
     def lookup(self, clip_id: str) -> tuple[np.ndarray | None, bool]:
         row = self.row.get(clip_id)
         return (None, False) if row is None else (self.probs[row], True)
 
 
-def save_teacher(path: str | Path, ids: Sequence[str], logits: np.ndarray) -> None:
-    """Write teacher logits in the format `loss.teacher` reads (atomically)."""
+def _teacher_probabilities(arrays: dict[str, np.ndarray], count: int, temperature: float) -> np.ndarray:
+    if "logits" in arrays:
+        logits = np.asarray(arrays["logits"], dtype=np.float32)
+        if logits.ndim != 2 or len(logits) != count:
+            raise TaggerError(f"logits {logits.shape} must be (number of ids {count}, classes)")
+        columns, rows, values = logits.shape[1], None, logits
+    else:
+        index = np.asarray(arrays["topk_indices"])
+        values = np.asarray(arrays["topk_logits"], dtype=np.float32)
+        columns = len(arrays["label_ids"]) if "label_ids" in arrays else int(index.max()) + 1
+        if index.shape != values.shape or index.ndim != 2 or len(index) != count or index.min() < 0 \
+                or index.max() >= columns:
+            raise TaggerError(f"topk_indices {index.shape} and topk_logits {values.shape} must be (ids {count}, K) "
+                              f"with indices below {columns}")
+        rows = index
+    if not np.isfinite(values).all():
+        raise TaggerError("teacher logits contain NaN or infinity")
+    sigmoid = (1.0 / (1.0 + np.exp(-values / temperature))).astype(np.float32)
+    if rows is None:
+        return sigmoid
+    probs = np.zeros((count, columns), dtype=np.float32)
+    np.put_along_axis(probs, rows, sigmoid, axis=1)
+    return probs
+
+
+def _in_run_order(probs: np.ndarray, arrays: dict[str, np.ndarray], labels: LabelSet | int, path: Path) -> np.ndarray:
+    """Columns reordered to the run's classes when the file names its classes; else checked for count only."""
+    size = labels if isinstance(labels, int) else len(labels)
+    if "label_ids" not in arrays or isinstance(labels, int):
+        if probs.shape[1] != size:
+            raise TaggerError(f"{path}: the teacher has {probs.shape[1]} classes but this run has {size}; store "
+                              "the teacher's label_ids (tagger enhance-labels --store-teacher-logits does) or "
+                              "write the logits in this run's label order")
+        return probs
+    teacher = LabelSet([str(i) for i in arrays["label_ids"]],
+                       [str(n) for n in arrays.get("label_names", arrays["label_ids"])])
+    columns, absent = [], []
+    for label_id, name in zip(labels.ids, labels.names, strict=True):
+        found = label_id if label_id in teacher.ids else name if name in teacher else None
+        if found is None:
+            absent.append(label_id)
+        else:
+            columns.append(teacher.index(found))
+    if absent:
+        raise TaggerError(f"{path}: the teacher has no class for {len(absent)} of this run's labels "
+                          f"({', '.join(absent[:5])}); distil from a teacher trained on these classes")
+    return probs[:, columns]
+
+
+def save_teacher(path: str | Path, ids: Sequence[str], logits: np.ndarray, labels: LabelSet | None = None,
+                 top_k: int | None = None) -> None:
+    """Write teacher logits in the format `loss.teacher` reads (atomically); `labels` lets a run with another
+    class order use them, `top_k` keeps only each clip's K largest logits."""
     from tagger.fileio import atomic_path
 
+    logits = np.asarray(logits, dtype=np.float32)
+    arrays: dict[str, np.ndarray] = {"ids": np.asarray(list(ids), dtype=str)}
+    if labels is not None:
+        arrays["label_ids"] = np.asarray(labels.ids, dtype=str)
+        arrays["label_names"] = np.asarray(labels.names, dtype=str)
+    if top_k is None or top_k >= logits.shape[1]:
+        arrays["logits"] = logits
+    else:
+        if top_k < 1:
+            raise TaggerError(f"--top-k {top_k} must be at least 1")
+        index = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+        arrays["topk_indices"] = index.astype(np.int32)
+        arrays["topk_logits"] = np.take_along_axis(logits, index, axis=1)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, ids=np.asarray(list(ids), dtype=str), logits=np.asarray(logits, dtype=np.float32))
+        np.savez(handle, **arrays)
 
 
 # ------------------------------------------------------------------------------------------ sampling

@@ -181,7 +181,7 @@ class Trainer:
         self.valid_targets = encode_targets(self.labels, self.valid_source)
         teacher = None
         if cfg.loss.teacher:
-            teacher = Teacher.load(cfg.loss.teacher, len(self.labels), cfg.loss.kd_temperature)
+            teacher = Teacher.load(cfg.loss.teacher, self.labels, cfg.loss.kd_temperature)
         self.teacher = teacher
         self.sampler = build_sampler(cfg.data, self.train_targets, cfg.run.seed, ctx.rank, ctx.world_size)
         rate = self.model.sample_rate
@@ -469,7 +469,7 @@ class Trainer:
                 scores = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
                 metrics = summarize(targets.argmax(axis=1), scores, "multiclass")
             else:
-                scores = 1.0 / (1.0 + np.exp(-logits))
+                scores = torch.sigmoid(torch.from_numpy(logits)).numpy()  # no overflow warning on big logits
                 metrics = summarize(targets, scores, "multilabel")
             row = {"epoch": round(state.epoch + fraction, 4), "step": state.step,
                    "train_loss": state.loss_sum / max(state.loss_count, 1), "valid_loss": valid_loss,
