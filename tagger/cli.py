@@ -511,10 +511,10 @@ def enhance_labels_command(
     from tagger.enhance_report import build_report, render, write_csv, write_markdown
     from tagger.labels import LabelSet, Ontology
 
-    settings = enhance_run.EnhanceSettings(parse_threshold(threshold), fallback_threshold, parse_fixes(fix),
-                                           single_pass)
     if fallback_threshold is not None and not 0 <= fallback_threshold <= 1:
         raise TaggerError(f"--fallback-threshold {fallback_threshold} must be between 0 and 1")
+    settings = enhance_run.EnhanceSettings(parse_threshold(threshold), fallback_threshold, parse_fixes(fix),
+                                           single_pass)
     if top_k is not None and store_teacher_logits is None:
         raise TaggerError("--top-k applies to --store-teacher-logits; add that option or drop --top-k")
     if ontology is None:

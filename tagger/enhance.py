@@ -140,23 +140,24 @@ def enhance(targets: np.ndarray, scores: np.ndarray, hierarchy: Hierarchy, thres
         passing &= np.asarray(scored, dtype=bool)[:, None]
     type1 = np.zeros_like(labels)
     type2 = np.zeros_like(labels)
+    rules = [(edges, mask) for fix, edges, mask in (("type1", hierarchy.children, type1),
+                                                    ("type2", hierarchy.ancestors, type2)) if fix in fixes]
     passes = 0
     for start in range(0, len(labels), _ROWS_PER_CHUNK):
         rows = slice(start, start + _ROWS_PER_CHUNK)
         current = labels[rows].copy()
+        chunk_passes = 0
         while True:
-            found1 = _reaches(current, hierarchy.children) & passing[rows] & ~current if "type1" in fixes else None
-            found2 = _reaches(current, hierarchy.ancestors) & passing[rows] & ~current if "type2" in fixes else None
+            chunk_passes += 1
             new = np.zeros_like(current)
-            for found, mask in ((found1, type1), (found2, type2)):
-                if found is not None:
-                    mask[rows] |= found
-                    new |= found
-            passes = max(passes, 1)
+            for edges, mask in rules:  # both rules see the same labels, so one pass is their union
+                found = _reaches(current, edges) & passing[rows] & ~current
+                mask[rows] |= found
+                new |= found
             if single_pass or not new.any():
                 break
             current |= new
-            passes += 1
+        passes = max(passes, chunk_passes)
     return Additions(type1, type2, passes)
 
 

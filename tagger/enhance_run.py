@@ -18,7 +18,7 @@ import numpy as np
 from tagger.data.manifests import Manifest, write_manifest_like
 from tagger.enhance import FIXES, Additions, Hierarchy, class_thresholds, enhance
 from tagger.errors import TaggerError
-from tagger.evaluate import label_mapper, load_predictions, score
+from tagger.evaluate import EvaluationResult, label_mapper, load_predictions
 from tagger.labels import LabelSet, Ontology
 from tagger.predict import FileError
 
@@ -52,15 +52,17 @@ def _fingerprint(checkpoint: Path, clip_seconds: float | None) -> str:
 
 
 def _read_cache(cache: Path, fingerprint: str, labels: LabelSet, on_note: Callable[[str], None]):
+    """The cached scores when they come from this very teacher; the fingerprint is checked before the big arrays
+    are read."""
     if not cache.is_file():
         return None
     try:
         with np.load(cache, allow_pickle=False) as data:
             stored = str(data["teacher_fingerprint"]) if "teacher_fingerprint" in data.files else ""
-        cached = load_predictions(cache)
-    except TaggerError:
-        stored, cached = "", None
-    if cached is None or stored != fingerprint or cached.labels.ids != labels.ids:
+        cached = load_predictions(cache, with_metrics=False) if stored == fingerprint else None
+    except (TaggerError, ValueError, OSError):
+        cached = None
+    if cached is None or cached.labels.ids != labels.ids:
         on_note(f"{cache} holds scores of another teacher or clip length; scoring again")
         return None
     return cached
@@ -88,7 +90,7 @@ def teacher_scores(
     if not teacher.is_file():
         raise TaggerError(f"teacher {teacher} does not exist; pass a tagger checkpoint (.pt) or a predictions .npz")
     if teacher.suffix.lower() == ".npz":
-        saved = load_predictions(teacher)
+        saved = load_predictions(teacher, with_metrics=False)
         if check is not None:
             check(saved.labels)
         return TeacherScores(saved.labels, saved.task, saved.ids, saved.probabilities, saved.logits, str(teacher))
@@ -104,25 +106,29 @@ def teacher_scores(
     if cached is not None and known:
         on_note(f"{len(known)} clips' teacher scores come from {cache}; {len(todo)} to score")
     skipped: list[FileError] = []
-    scores = cached
+    parts = [cached] if cached is not None else []
+    unsaved = False
     last_save = time.monotonic()
     try:
         for start in range(0, len(todo), _CHUNK):
             chunk = todo[start : start + _CHUNK]
             fresh = _score_chunk(tagger, chunk, mapping, clip_seconds, batch_size, skipped, on_progress, start,
                                  len(todo))
-            if fresh is None:
-                continue
-            scores = fresh if scores is None else _merge(scores, fresh, tagger, teacher, clip_seconds)
+            if fresh is not None:
+                parts.append(fresh)
+                unsaved = True
             # Saving now and then (not after every chunk: the cache may be big) makes a crash cost little.
-            if cache is not None and time.monotonic() - last_save > _SAVE_SECONDS:
-                scores.save_predictions(cache, extra={"teacher_fingerprint": fingerprint})
-                last_save = time.monotonic()
+            if cache is not None and unsaved and time.monotonic() - last_save > _SAVE_SECONDS:
+                parts = [_concat(parts)]
+                parts[0].save_predictions(cache, extra={"teacher_fingerprint": fingerprint})
+                unsaved, last_save = False, time.monotonic()
     finally:  # finished or interrupted (Ctrl-C): keep every score so far, so a rerun resumes
-        if cache is not None and scores is not None and scores is not cached:
-            scores.save_predictions(cache, extra={"teacher_fingerprint": fingerprint})
-    if scores is None:
+        if cache is not None and unsaved:
+            parts = [_concat(parts)]
+            parts[0].save_predictions(cache, extra={"teacher_fingerprint": fingerprint})
+    if not parts:
         raise TaggerError(f"none of the labelled clips of {manifest.source} could be scored by the teacher")
+    scores = _concat(parts)
     return TeacherScores(tagger.labels, tagger.task, scores.ids, scores.probabilities, scores.logits, str(teacher),
                          scored_now=len(todo) - len(skipped), skipped=skipped)
 
@@ -146,10 +152,15 @@ def _score_chunk(tagger, chunk, mapping, clip_seconds, batch_size, skipped, on_p
         raise
 
 
-def _merge(a, b, tagger, teacher: Path, clip_seconds: float | None):
-    return score(np.concatenate([a.targets, b.targets]), np.concatenate([a.probabilities, b.probabilities]),
-                 np.concatenate([a.logits, b.logits]), tagger.labels, tagger.task, ids=[*a.ids, *b.ids],
-                 paths=[*a.paths, *b.paths], model=str(teacher), clip_seconds=clip_seconds)
+def _concat(parts: list[EvaluationResult]) -> EvaluationResult:
+    """One result of several chunks' (same teacher), joined once; metrics are not needed for the cache."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return EvaluationResult({}, [], [i for p in parts for i in p.ids], [q for p in parts for q in p.paths],
+                            np.concatenate([p.probabilities for p in parts]), np.concatenate([p.logits for p in parts]),
+                            np.concatenate([p.targets for p in parts]), first.labels, first.task, model=first.model,
+                            clip_seconds=first.clip_seconds)
 
 
 @dataclass

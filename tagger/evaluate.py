@@ -204,8 +204,9 @@ def score(
                             list(skipped or []), model, clip_seconds)
 
 
-def load_predictions(path: str | Path) -> EvaluationResult:
-    """Read a `--save-predictions` file back, with its metrics recomputed."""
+def load_predictions(path: str | Path, with_metrics: bool = True) -> EvaluationResult:
+    """Read a `--save-predictions` file back, with its metrics recomputed unless `with_metrics` is False (readers
+    that only want the scores, e.g. label enhancement's teacher cache, skip AP over every class)."""
     path = Path(path)
     if not path.is_file():
         raise TaggerError(f"predictions file {path} does not exist; write one with tagger evaluate --save-predictions")
@@ -218,12 +219,14 @@ def load_predictions(path: str | Path) -> EvaluationResult:
     except (ValueError, OSError) as error:
         raise TaggerError(f"{path}: not a readable .npz predictions file ({error})") from None
     clip = float(arrays["clip_seconds"]) if "clip_seconds" in arrays else float("nan")
-    return score(
-        arrays["targets"], arrays["probabilities"], arrays["logits"],
-        LabelSet([str(i) for i in arrays["label_ids"]], [str(n) for n in arrays["label_names"]]),
-        str(arrays["task"]), ids=[str(i) for i in arrays["ids"]], paths=[str(p) for p in arrays["paths"]],
-        model=str(arrays.get("model", "")), clip_seconds=None if np.isnan(clip) else clip,
-    )
+    labels = LabelSet([str(i) for i in arrays["label_ids"]], [str(n) for n in arrays["label_names"]])
+    ids, paths = [str(i) for i in arrays["ids"]], [str(p) for p in arrays["paths"]]
+    model, clip_seconds = str(arrays.get("model", "")), None if np.isnan(clip) else clip
+    if not with_metrics:
+        return EvaluationResult({}, [], ids, [Path(p) for p in paths], arrays["probabilities"], arrays["logits"],
+                                arrays["targets"], labels, str(arrays["task"]), model=model, clip_seconds=clip_seconds)
+    return score(arrays["targets"], arrays["probabilities"], arrays["logits"], labels, str(arrays["task"]), ids=ids,
+                 paths=paths, model=model, clip_seconds=clip_seconds)
 
 
 def label_mapper(model_labels: LabelSet, mapping: LabelSet | str | Path | None = None) -> Callable[[str], int | None]:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tagger.checkpoint import save_checkpoint
 from tagger.cli import app
-from tagger.evaluate import score
+from tagger.evaluate import load_predictions, score
 from tagger.labels import LabelSet
 from tagger.models import create_model
 from tagger.synth import synthesize
@@ -128,3 +128,27 @@ def test_teacher_with_other_classes_names_the_missing_ones(weak, tmp_path):
     result = invoke("enhance-labels", weak["train"], "--teacher", path, "--ontology", weak["ontology"], "--out",
                     tmp_path / "o.csv")
     assert result.exit_code == 2 and "teacher's 2 classes lack" in result.output and "'tonal'" in result.output
+
+
+def test_cache_scores_only_new_clips_and_merges_them(weak, tmp_path):
+    labels = LabelSet.from_csv(weak["labels"])
+    torch.manual_seed(1)
+    teacher = save_checkpoint(tmp_path / "teacher.pt", create_model("efficientat-mn01", num_classes=len(labels)),
+                              labels, task="multilabel")
+    rows = weak["train"].read_text().splitlines()
+    half = weak["train"].with_name("train-half.csv")
+    half.write_text("\n".join(rows[: 1 + (len(rows) - 1) // 2]) + "\n")
+    out = tmp_path / "out"
+    first = invoke("enhance-labels", half, "--teacher", teacher, "--ontology", weak["ontology"], "--out",
+                   out / "half.csv")
+    assert first.exit_code == 0, first.output
+    before = load_predictions(out / "teacher_scores.npz", with_metrics=False)
+    second = invoke("enhance-labels", weak["train"], "--teacher", teacher, "--ontology", weak["ontology"], "--out",
+                    out / "all.csv")
+    assert second.exit_code == 0, second.output
+    scored = len(rows) - 1
+    assert f"{len(before.ids)} clips' teacher scores come from" in second.output
+    assert f"{scored - len(before.ids)} to score" in second.output
+    after = load_predictions(out / "teacher_scores.npz", with_metrics=False)
+    assert sorted(after.ids) == sorted(labels_of(weak["train"])) and after.ids[: len(before.ids)] == before.ids
+    assert np.array_equal(after.logits[: len(before.ids)], before.logits)

@@ -166,9 +166,12 @@ def _csv_rows(path: Path, *, skip_comments: bool = False, **options) -> list[tup
     return rows
 
 
-def _table(path: Path, required: Sequence[str]) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
-    """Header column positions and the data rows of a CSV with a header, checking row widths."""
-    rows = _csv_rows(path, delimiter=_delimiter(path))
+def _table(
+    path: Path, required: Sequence[str], rows: list[tuple[int, list[str]]] | None = None
+) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
+    """Header column positions and the data rows of a CSV with a header (`rows` if already read), checking row
+    widths."""
+    rows = _csv_rows(path, delimiter=_delimiter(path)) if rows is None else rows
     if not rows:
         raise TaggerError(f"{path} is empty; a manifest needs a header and one row per clip")
     header = [c.lower() for c in rows[0][1]]
@@ -579,8 +582,9 @@ def _rewrite_ast_json(source: Path, labels: dict[str, Sequence[str]], path: Path
 
 def _rewrite_csv(source: Path, labels: dict[str, Sequence[str]], path: Path,
                  move: Callable[[str], str]) -> list[tuple[str, ...]]:
-    columns, body = _table(source, ("path",))
-    header = _csv_rows(source, delimiter=_delimiter(source))[0][1]
+    raw = _csv_rows(source, delimiter=_delimiter(source))
+    columns, body = _table(source, ("path",), raw)
+    header = raw[0][1]
     if "labels" not in columns:
         header, columns = [*header, "labels"], {**columns, "labels": len(header)}
         body = [(line, [*cells, ""]) for line, cells in body]
