@@ -16,13 +16,17 @@ VERSION = 1
 TASKS = ("multilabel", "multiclass")
 
 
-def read_torch_file(path: str | Path) -> Any:
-    """torch.load with weights_only=True: a file that needs code to unpickle is refused, never run."""
+def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True: a file that needs code to unpickle is refused, never run.
+
+    mmap: map the tensors from the file instead of reading them (many large checkpoints at once, as ensembles
+    load them); pages are read when a tensor is used.
+    """
     path = Path(path)
     if not path.is_file():
         raise TaggerError(f"{path}: checkpoint not found; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types here; all mean "this file is not for us"
         text = str(error)
         if "Unsupported global" in text or "not an allowed global" in text:
@@ -70,17 +74,37 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path):
     """(model in eval mode, payload without the state_dict) from a tagger checkpoint."""
-    from tagger.models import create_model
+    payload = read_torch_file(path)
+    from tagger.ensemble.store import is_ensemble
+
+    if is_ensemble(payload):
+        raise TaggerError(f"{path}: an ensemble checkpoint cannot be used here; give one of its members, or a "
+                          "weight-averaged checkpoint (tagger ensemble --mode weights)")
+    return model_from_payload(payload, str(path))
+
+
+def load_model(path: str | Path):
+    """(model, meta) from a tagger checkpoint or an ensemble checkpoint (an EnsembleModel): for scoring audio."""
+    from tagger.ensemble.store import build_ensemble, is_ensemble
 
     payload = read_torch_file(path)
+    if is_ensemble(payload):
+        return build_ensemble(payload, str(path))
+    return model_from_payload(payload, str(path))
+
+
+def model_from_payload(payload, source: str):
+    """(model in eval mode, meta without the state_dict) from a loaded tagger checkpoint payload."""
+    from tagger.models import create_model
+
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TaggerError(
-            f"{path}: not a tagger checkpoint; convert official weights with `tagger import-checkpoint`"
+            f"{source}: not a tagger checkpoint; convert official weights with `tagger import-checkpoint`"
         )
     if payload.get("version") != VERSION:
-        raise TaggerError(f"{path}: tagger checkpoint version {payload.get('version')} is not supported")
+        raise TaggerError(f"{source}: tagger checkpoint version {payload.get('version')} is not supported")
     model = create_model(payload["arch"], **payload["model_kwargs"])
-    load_state(model, payload["state_dict"], source=str(path))
+    load_state(model, payload["state_dict"], source=source)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["labels"] = LabelSet.from_list_of_dicts(payload["labels"])
     return model.eval(), meta

@@ -574,6 +574,87 @@ def enhance_labels_command(
                     f"(tagger train --set loss.teacher={store_teacher_logits})")
 
 
+@app.command("ensemble")
+@user_errors
+def ensemble_command(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Tagger checkpoints, e.g. runs/a/epoch_*.pt.")],
+    out: Annotated[Path, typer.Option(help="The checkpoint to write (an ensemble, or an averaged model).")],
+    mode: Annotated[str, typer.Option(help="predictions: one file holding the members, outputs combined; "
+                                      "weights: average the parameters of one model's checkpoints.")
+                    ] = "predictions",
+    select: Annotated[str, typer.Option(help="all, epochs>=N, best:K or greedy (the last two need --valid).")
+                      ] = "all",
+    combine: Annotated[str, typer.Option(help="predictions: auto (the members' convention), mean-prob, "
+                                         "mean-logit, or weighted (weights learned on --valid).")] = "auto",
+    weights: Annotated[str | None, typer.Option(help="Member weights W1,W2,... in the order given.")] = None,
+    valid: Annotated[Path | None, typer.Option(help="Validation manifest: member and ensemble metrics, "
+                                               "best:K, greedy, weighted.")] = None,
+    valid_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --valid, e.g. 4.")] = None,
+    metric: Annotated[str, typer.Option(help="auto (accuracy for single-label sets, else mAP), mAP, mAUC, "
+                                        "accuracy.")] = "auto",
+    labels: Annotated[Path | None, typer.Option(help="Label file mapping --valid's labels onto the models' "
+                                                "classes.")] = None,
+    clip_seconds: Annotated[float | None, typer.Option(help="Crop/zero-pad validation clips to this length.")
+                            ] = None,
+    bn_recalibrate: Annotated[Path | None, typer.Option(help="weights: re-estimate BatchNorm statistics on this "
+                                                        "manifest (e.g. the training set).")] = None,
+    bn_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --bn-recalibrate, e.g. 1,2,3.")] = None,
+    manifest_format: ManifestFormatOption = "auto",
+    audio_dir: AudioDirOption = None,
+    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
+    fmt: FormatOption = "table",
+    report: Annotated[Path | None, typer.Option(help="Also write the report as JSON to this file.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Weight-average checkpoints, or combine any checkpoints into one prediction ensemble."""
+    _check_format(fmt)
+    import time
+
+    from tagger import console
+    from tagger.ensemble.run import EnsembleSettings, Hooks, run_ensemble
+    from tagger.fileio import atomic_write_text
+
+    settings = EnsembleSettings(
+        out=out, mode=mode, select=select, combine=combine, weights=_parse_weights(weights), valid=valid,
+        valid_folds=_parse_folds(valid_folds), labels=labels, clip_seconds=clip_seconds, metric=metric,
+        bn_recalibrate=bn_recalibrate, bn_folds=_parse_folds(bn_folds), manifest_format=manifest_format,
+        audio_dir=audio_dir, batch_size=batch_size, device=device, precision=precision, force=force)
+    started = time.perf_counter()
+    try:
+        with console.progress() as bar:
+            tasks: dict[str, tuple[int, float]] = {}  # description -> (bar task, start time)
+
+            def progress(description: str, done: int, total: int) -> None:
+                if description not in tasks:
+                    tasks[description] = bar.add_task(description, total=total, rate=""), time.perf_counter()
+                task, begun = tasks[description]
+                rate = f"{done / max(time.perf_counter() - begun, 1e-9):.1f} clips/s"
+                bar.update(task, completed=done, total=total, rate=rate)
+
+            result = run_ensemble(checkpoints, settings, Hooks(console.log, progress))
+    except KeyboardInterrupt:
+        console.log(f"interrupted; {out} was not written")
+        raise typer.Exit(130) from None
+    if report is not None:
+        atomic_write_text(report, result.to_json() + "\n")
+    if fmt == "json":
+        console.stdout.out(result.to_json(), highlight=False)
+    else:
+        console.render(result.rows(), fmt, title=result.title())
+    console.log(f"wrote {out} ({time.perf_counter() - started:.1f} s)")
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise TaggerError(f"--weights {text!r} must be comma-separated numbers, e.g. 2,1,1") from None
+
+
 def _parse_folds(text: str | None) -> list[int] | None:
     if text is None:
         return None

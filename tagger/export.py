@@ -307,11 +307,15 @@ def _plan(model: nn.Module, frontend: _GraphFrontend, seconds: float | None) -> 
 
     rate = model.sample_rate
     fixed = frontend.fixed_frames()
+    # An ensemble's own front-end is the identity; a member that pads or crops to a fixed frame count sets
+    # its natural length (the ensemble's policy window).
+    padded = fixed is not None or any(graph_frontend(m.frontend).fixed_frames() is not None
+                                      for m in _members(model))
     policy = input_policy(model)  # the same length limits predict and evaluate use
     min_samples, max_samples = max(policy.min_samples, 2), policy.max_samples
     if seconds is None:
         samples = int(round(DEFAULT_SECONDS * rate))
-        if fixed is not None:  # the model's natural length: exactly the frames it pads or crops to
+        if padded and policy.window_samples is not None:  # the model's natural length: the frames it pads to
             samples = policy.window_samples
         if max_samples is not None:
             samples = min(samples, max_samples)
@@ -321,7 +325,7 @@ def _plan(model: nn.Module, frontend: _GraphFrontend, seconds: float | None) -> 
         samples = int(round(seconds * rate))
     if samples < min_samples or (max_samples is not None and samples > max_samples):
         span = f"{min_samples / rate:.3f} s" + (f" to {max_samples / rate:.3f} s" if max_samples else " or more")
-        raise TaggerError(f"--seconds {samples / rate:g} is outside what {model.arch} accepts: {span}")
+        raise TaggerError(f"--seconds {samples / rate:g} is outside what {_what(model)} accepts: {span}")
     return _Plan(samples, min_samples, max_samples, fixed)
 
 
@@ -341,9 +345,28 @@ def _metadata(meta: dict, model: nn.Module, fmt: str, extra: dict[str, Any]) -> 
         "tagger.sample_rate": model.sample_rate,
         "tagger.labels": meta["labels"].to_list(),
         "tagger.frontend": frontend_to_dict(model.frontend),
+        **_ensemble_metadata(meta, model),
         **extra,
     }
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in values.items()}
+
+
+def _ensemble_metadata(meta: dict, model: nn.Module) -> dict[str, Any]:
+    """What an ensemble is made of: its members (each with its own front-end, all inside the graph, fed the
+    one waveform), how their outputs are combined and with which weights. Nothing for a single model."""
+    from tagger.frontends import frontend_to_dict
+
+    members = _members(model)
+    if not members:
+        return {}
+    sources = list(meta.get("sources") or [None] * len(members))
+    return {
+        "tagger.members": [{"arch": m.arch, "model_kwargs": m.model_kwargs, "sample_rate": m.sample_rate,
+                            "frontend": frontend_to_dict(m.frontend), "source": source}
+                           for m, source in zip(members, sources, strict=True)],
+        "tagger.combine": model.combine,
+        "tagger.weights": [float(w) for w in model.weights],
+    }
 
 
 def _decode(values: dict[str, str]) -> dict[str, Any]:
@@ -451,11 +474,13 @@ def export_model(
     inside the graph; with separate_frontend (or when that export fails) the front-end goes to
     `<stem>.frontend.onnx` (waveform -> features) and `out_path` takes the features. torchscript: a traced
     waveform -> outputs module. safetensors: the weights plus what load_safetensors needs to rebuild the model.
+    A prediction ensemble (tagger ensemble) exports as onnx or torchscript when its members share one sample
+    rate: one graph with every member's front-end inside, their combination and the concatenated embedding.
     `seconds` sets the export and check length (default: 10 s, or the length the model pads or crops to).
     With check, the written files are run on test waveforms; a logit more than TOLERANCE from PyTorch
     removes them and raises TaggerError. Existing files at the output paths are replaced only on success.
     """
-    from tagger.checkpoint import load_checkpoint
+    from tagger.checkpoint import load_model
 
     if fmt not in FORMATS:
         raise TaggerError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -472,7 +497,9 @@ def export_model(
             _require("onnxruntime", "onnxruntime")
     if fmt == "safetensors":
         _require("safetensors", "safetensors")
-    model, meta = load_checkpoint(checkpoint_path)
+    model, meta = load_model(checkpoint_path)
+    if _members(model):
+        _check_ensemble(model, fmt, separate_frontend)
     plan = _plan(model, graph_frontend(model.frontend), seconds)
     try:
         if fmt == "onnx":
@@ -482,6 +509,40 @@ def export_model(
         return _export_safetensors(model, meta, plan, out_path, check)
     except OSError as error:  # a full disk, a folder made read-only meanwhile: the temp files are gone
         raise TaggerError(f"--out {out_path}: cannot write ({error.strerror or error})") from None
+
+
+def _members(model: nn.Module) -> list[nn.Module]:
+    """An ensemble's member models; [] for a single model."""
+    return list(model.members) if getattr(model, "arch", None) == "ensemble" else []
+
+
+def _describe(model: nn.Module) -> str:
+    """The arch, or for an ensemble "ensemble of 2 (efficientat-mn01, panns-cnn6)"."""
+    members = _members(model)
+    if not members:
+        return model.arch
+    return f"ensemble of {len(members)} ({', '.join(m.arch for m in members)})"
+
+
+def _what(model: nn.Module) -> str:
+    """The model as a message names it: "panns-cnn6", "the ensemble of 2 (efficientat-mn01, panns-cnn6)"."""
+    return f"the {_describe(model)}" if _members(model) else model.arch
+
+
+def _check_ensemble(model: nn.Module, fmt: str, separate_frontend: bool) -> None:
+    """Refuse what an ensemble cannot be exported as: several waveforms, one set of weights, one front-end."""
+    rates = model.rates
+    if len(rates) > 1:
+        listed = ", ".join(map(str, rates[:-1])) + f" and {rates[-1]}"
+        raise TaggerError(f"the members of this ensemble need sample rates {listed} Hz, but an exported graph takes "
+                          "one waveform; export the members separately (or build the ensemble from members of "
+                          "one sample rate)")
+    if fmt == "safetensors":
+        raise TaggerError("safetensors holds one model's weights, not an ensemble; export an ensemble as onnx or "
+                          "torchscript (or export its members separately)")
+    if separate_frontend and fmt == "onnx":
+        raise TaggerError("--separate-frontend does not apply to an ensemble: each member has its own front-end, "
+                          "all inside the one graph; drop the option")
 
 
 @dataclass
@@ -593,10 +654,12 @@ def _diff(expected: tuple[Tensor, ...], got: Any) -> float:
     return worst
 
 
-def _fail(diff: float, fmt: str) -> TaggerError:
+def _fail(diff: float, fmt: str, model: nn.Module) -> TaggerError:
+    members = _members(model)
+    whose = f"the members' archs ({', '.join(m.arch for m in members)})" if members else "the checkpoint's arch"
     return TaggerError(
         f"the {fmt} export differs from PyTorch by {diff:.3g} in the logits (more than {TOLERANCE:g}), so "
-        "nothing was written; please report it with the checkpoint's arch (--no-check writes it anyway)"
+        f"nothing was written; please report it with {whose} (--no-check writes it anyway)"
     )
 
 
@@ -674,7 +737,9 @@ def _export_onnx(model, meta, plan: _Plan, out_path: Path, opset: int, check: bo
     names = _names(model, task, plan)
     notes: list[str] = []
     failure: Exception | None = None
-    for inside in (False,) if separate else (True, False):
+    # An ensemble's own front-end is the identity: a separate front-end graph would be an empty one.
+    routes = (False,) if separate else (True,) if _members(model) else (True, False)
+    for inside in routes:
         for dynamic in _DYNAMIC:
             try:
                 graphs, shape = _onnx_graphs(copy, task, plan, out_path, opset, names, inside, dynamic)
@@ -687,13 +752,18 @@ def _export_onnx(model, meta, plan: _Plan, out_path: Path, opset: int, check: bo
             # The graph is right at the export shape but not at another: torch.export missed a size the
             # code depends on. Ask for fewer dynamic axes.
             notes.append(f"a graph with dynamic axes {_axes(dynamic)} failed the check at another input shape")
-        if inside and not separate:
+        if inside and len(routes) > 1:
             notes.append("the front-end did not export inside the graph"
                          + (f" ({type(failure).__name__}: {_first_line(failure)})" if failure else "")
                          + "; it is a separate graph")
-    raise TaggerError(f"{model.arch}: torch.onnx cannot export this model"
+    raise TaggerError(f"{_describe(model)}: torch.onnx cannot export this model"
                       + (f" ({type(failure).__name__}: {_first_line(failure)})" if failure else "")
                       + "; try --format torchscript")
+
+
+def _frontend_name(model: nn.Module) -> str:
+    """The report's front-end: its name, or for an ensemble what it is made of (each member's front-end)."""
+    return _describe(model) if _members(model) else model.frontend.name
 
 
 def _axes(dynamic: tuple[int, ...]) -> str:
@@ -733,7 +803,7 @@ def _write_onnx(model, meta, plan: _Plan, graphs, shape: _Input, opset: int, che
             if check:
                 diffs = _check_onnx(model, task, temps, plan, shape)
                 if not diffs[0] <= TOLERANCE:
-                    raise _fail(diffs[0], "ONNX")
+                    raise _fail(diffs[0], "ONNX", model)
                 if not max(diffs) <= TOLERANCE:
                     raise _OtherShapes  # leaving the block removes the temporaries and keeps any old files
                 diff = max(diffs)
@@ -744,7 +814,7 @@ def _write_onnx(model, meta, plan: _Plan, graphs, shape: _Input, opset: int, che
         path=files[0], format="onnx", files=files, size_bytes=sum(p.stat().st_size for p in files),
         input_name=INPUT_NAME, input_shape=shape.shape(), sample_rate=model.sample_rate,
         seconds=plan.samples / model.sample_rate, min_samples=shape.min_samples, max_samples=shape.max_samples,
-        outputs=names, frontend=model.frontend.name, frontend_in_graph=in_graph, opset=written, max_abs_diff=diff,
+        outputs=names, frontend=_frontend_name(model), frontend_in_graph=in_graph, opset=written, max_abs_diff=diff,
         notes=notes,
     )
 
@@ -816,12 +886,12 @@ def _export_torchscript(model, meta, plan: _Plan, out_path: Path, check: bool) -
                 with torch.no_grad():
                     worst = max(worst, _diff(_reference(model, task, wave), loaded(wave)))
             if not worst <= TOLERANCE:
-                raise _fail(worst, "TorchScript")
+                raise _fail(worst, "TorchScript", model)
             diff = worst
     return ExportReport(
         path=out_path, format="torchscript", files=[out_path], size_bytes=out_path.stat().st_size,
         input_name=INPUT_NAME, input_shape=shape.shape(), sample_rate=rate, seconds=plan.samples / rate,
-        min_samples=shape.min_samples, max_samples=shape.max_samples, outputs=names, frontend=model.frontend.name,
+        min_samples=shape.min_samples, max_samples=shape.max_samples, outputs=names, frontend=_frontend_name(model),
         frontend_in_graph=True, opset=None, max_abs_diff=diff,
     )
 
@@ -855,12 +925,12 @@ def _export_safetensors(model, meta, plan: _Plan, out_path: Path, check: bool) -
             loaded, _ = load_safetensors(temp)
             diff = _diff(expected, _reference(loaded, task, wave))
             if not diff <= TOLERANCE:
-                raise _fail(diff, "safetensors")
+                raise _fail(diff, "safetensors", model)
     return ExportReport(
         path=out_path, format="safetensors", files=[out_path], size_bytes=out_path.stat().st_size,
         input_name=INPUT_NAME, input_shape=["batch", "samples"], sample_rate=model.sample_rate,
         seconds=plan.samples / model.sample_rate, min_samples=None, max_samples=None,
-        outputs=list(OUTPUTS[: len(expected)]), frontend=model.frontend.name, frontend_in_graph=False, opset=None,
+        outputs=list(OUTPUTS[: len(expected)]), frontend=_frontend_name(model), frontend_in_graph=False, opset=None,
         max_abs_diff=diff,
     )
 

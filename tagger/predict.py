@@ -22,7 +22,7 @@ from tagger import audio
 from tagger.data.manifests import AUDIO_EXTENSIONS
 from tagger.errors import TaggerError
 from tagger.events import Event, EventRule, EventTracker, Stitcher
-from tagger.runtime import Tagger
+from tagger.runtime import Tagger, Wave
 
 AGGREGATES = ("mean", "max")
 WHOLE_FILE_SECONDS = 120.0  # longer files are windowed even for fully convolutional models, to bound memory
@@ -232,20 +232,21 @@ class _ClipBatcher:
 
     def __init__(self, tagger: Tagger, options: PredictOptions):
         self.tagger, self.options = tagger, options
-        self.buckets: dict[int, list[tuple[int, Path, float, np.ndarray]]] = {}
+        self.buckets: dict[int | tuple[int, ...], list[tuple[int, Path, float, Wave]]] = {}
         self.held = 0
 
     def add(self, index: int, path: Path, duration: float) -> dict[int, FileResult]:
-        wave = audio.load(path, self.tagger.sample_rate)
+        wave = self.tagger.read(path)
         if self.options.clip_seconds is not None:
-            wave = audio.crop_or_pad(wave, round(self.options.clip_seconds * self.tagger.sample_rate))
+            wave = self.tagger.crop(wave, self.options.clip_seconds)
             duration = self.options.clip_seconds
         wave = self.tagger.pad(wave)
-        bucket = self.buckets.setdefault(wave.shape[-1], [])
+        length = self.tagger.length(wave)
+        bucket = self.buckets.setdefault(length, [])
         bucket.append((index, path, duration, wave))
         self.held += 1
         if len(bucket) >= self.options.batch_size:
-            return self._run(wave.shape[-1])
+            return self._run(length)
         if self.held >= 4 * self.options.batch_size:  # many distinct lengths: do not hold the whole folder
             return self.flush()
         return {}
@@ -256,10 +257,10 @@ class _ClipBatcher:
             out.update(self._run(length))
         return out
 
-    def _run(self, length: int) -> dict[int, FileResult]:
+    def _run(self, length: int | tuple[int, ...]) -> dict[int, FileResult]:
         bucket = self.buckets.pop(length)
         self.held -= len(bucket)
-        scores = self.tagger(np.stack([item[3] for item in bucket]), frames=self.options.wants_time)
+        scores = self.tagger(self.tagger.stack([item[3] for item in bucket]), frames=self.options.wants_time)
         results = {}
         for row, (index, path, duration, _) in enumerate(bucket):
             frames = None if scores.frame_probabilities is None else scores.frame_probabilities[row]
@@ -285,14 +286,13 @@ def _clip_result(tagger: Tagger, path: Path, duration: float, probs: np.ndarray,
 def _score_windows(tagger: Tagger, path: Path, duration: float, plan: _Plan, options: PredictOptions,
                    on_progress: Callable[[float], None] | None = None) -> FileResult:
     """Stream `path` in windows; aggregate clip scores, stitch frame (or window) scores into events."""
-    rate = tagger.sample_rate
     window, hop = plan.window, plan.hop
     if options.clip_seconds is not None:
         duration = options.clip_seconds
     track = _Track(tagger, duration, window, hop, options)
-    batch: list[tuple[float, np.ndarray]] = []
+    batch: list[tuple[float, Wave]] = []
     reported = 0.0
-    for start, wave in _windows(path, rate, window, hop, options):
+    for start, wave in _windows(tagger, path, window, hop, options):
         batch.append((start, wave))
         if len(batch) == options.batch_size:
             track.add(batch)
@@ -308,12 +308,11 @@ def _score_windows(tagger: Tagger, path: Path, duration: float, plan: _Plan, opt
     return track.result(Path(path))
 
 
-def _windows(path, rate: int, window: float, hop: float, options: PredictOptions):
+def _windows(tagger: Tagger, path, window: float, hop: float, options: PredictOptions):
     if options.clip_seconds is None:
-        yield from audio.iter_windows(path, rate, window, hop, options.block_seconds)
+        yield from tagger.windows(path, window, hop, options.block_seconds)
         return
-    wave = audio.crop_or_pad(audio.load(path, rate), round(options.clip_seconds * rate))
-    yield from audio.array_windows(wave, rate, window, hop)
+    yield from tagger.array_windows(tagger.crop(tagger.read(path), options.clip_seconds), window, hop)
 
 
 class _Track:
@@ -338,8 +337,9 @@ class _Track:
         pool = math.ceil(duration / self.frame_step / TIMELINE_COLUMNS) if options.timeline else 1
         self.pooler = _Pooler(max(1, pool)) if options.timeline else None
 
-    def add(self, batch: list[tuple[float, np.ndarray]]) -> None:
-        scores = self.tagger(np.stack([self.tagger.pad(wave) for _, wave in batch]), frames=self.options.wants_time)
+    def add(self, batch: list[tuple[float, Wave]]) -> None:
+        scores = self.tagger(self.tagger.stack([self.tagger.pad(wave) for _, wave in batch]),
+                             frames=self.options.wants_time)
         for row, (start, _) in enumerate(batch):
             probs, embedding = scores.probabilities[row], scores.embedding[row]
             self.count += 1

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tagger import audio
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
+
+Wave = np.ndarray | tuple[np.ndarray, ...]  # one waveform, or one per sample rate (multi-rate ensembles)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -43,7 +49,11 @@ class InputPolicy:
 
 
 def input_policy(model) -> InputPolicy:
-    """Derive the policy from the model's front-end and its `min_input_frames` / `max_input_frames`."""
+    """Derive the policy from the model's front-end and its `min_input_frames` / `max_input_frames` (an
+    ensemble derives its own from its members')."""
+    own = getattr(model, "input_policy", None)
+    if callable(own):
+        return own()
     frontend = model.frontend
     min_samples = _samples_for_frames(frontend, model.min_input_frames)
     max_frames = model.max_input_frames
@@ -91,7 +101,12 @@ class Scores:
 
 
 class Tagger:
-    """A model in eval mode on a device, scoring float32 waveforms at its own sample rate."""
+    """A model in eval mode on a device, scoring float32 waveforms at its own sample rate.
+
+    An ensemble whose members need different rates takes one waveform per rate (`rates`, highest first): a
+    "wave" is then a tuple of arrays. `read`, `crop`, `windows`, `pad`, `length` and `stack` hide the difference
+    from predict and evaluate.
+    """
 
     def __init__(self, model, labels: LabelSet, task: str, device: str = "auto", precision: str = "fp32",
                  fast: bool = True, source: str = ""):
@@ -101,19 +116,19 @@ class Tagger:
         self.model = model.eval().to(self.device)
         self.labels, self.task, self.precision, self.source = labels, task, precision, source
         self.policy = input_policy(model)
+        self.rates: tuple[int, ...] = tuple(getattr(model, "rates", (model.sample_rate,)))
+        self._shortest = {rate: self._policy_at(rate).min_samples for rate in self.rates}
         self._fast = None
-        if fast and precision == "fp32" and self.device.type == "cpu" and model.family in _FAST_FAMILIES:
-            from tagger.models.inference import FastInference
-
-            self._fast = FastInference(self.model)
+        if fast and precision == "fp32" and self.device.type == "cpu":
+            self._fast = _fast_runner(self.model)
         self._shape_uses: Counter = Counter()
 
     @classmethod
     def load(cls, path: str | Path | None, device: str = "auto", precision: str = "fp32", fast: bool = True) -> Tagger:
-        from tagger.checkpoint import load_checkpoint
+        from tagger.checkpoint import load_model
 
         path = default_checkpoint() if path is None else Path(path)
-        model, meta = load_checkpoint(path)
+        model, meta = load_model(path)
         return cls(model, meta["labels"], meta.get("task", "multilabel"), device, precision, fast, str(path))
 
     @property
@@ -126,26 +141,87 @@ class Tagger:
 
     @property
     def frame_level(self) -> bool:
-        """Whether the model gives frame_logits: from the registry, or a `frame_level` attribute."""
+        """Whether the model gives frame_logits: a `frame_level` attribute (ensembles), else the registry."""
         from tagger.models import model_entry
 
-        if self.model.arch:
-            return model_entry(self.model.arch).frame_level
-        return bool(getattr(self.model, "frame_level", False))
+        own = getattr(self.model, "frame_level", None)
+        if own is not None or not self.model.arch:
+            return bool(own)
+        return model_entry(self.model.arch).frame_level
 
     @property
     def frame_seconds(self) -> float:
         """Spacing of frame_probabilities rows: one front-end hop."""
-        config = self.model.frontend.config
-        hop = getattr(config, "hop_length", None)
-        if hop is None:
-            hop = int(config.sample_rate * config.frame_shift_ms / 1000)
-        return hop / config.sample_rate
+        from tagger.ensemble.model import frame_seconds
 
-    def pad(self, wave: np.ndarray) -> np.ndarray:
+        own = getattr(self.model, "frame_seconds", None)
+        return float(own) if own is not None else frame_seconds(self.model)
+
+    # ---- reading audio: one array at the model's rate, or a tuple with one per rate
+
+    @property
+    def multirate(self) -> bool:
+        return len(self.rates) > 1
+
+    def read(self, path) -> Wave:
+        """The whole file at the model's rate(s); decoded once, resampled to each rate from the file's own."""
+        if not self.multirate:
+            return audio.load(path, self.sample_rate)
+        native, rate = audio.load_with_rate(path)
+        return tuple(audio.resample(native, rate, r) for r in self.rates)
+
+    def crop(self, wave: Wave, seconds: float) -> Wave:
+        """Crop or zero-pad to `seconds` from the start (evaluation protocols)."""
+        return self._each(wave, lambda w, rate: audio.crop_or_pad(w, round(seconds * rate)))
+
+    def pad(self, wave: Wave) -> Wave:
         """Zero-pad the end of a too-short clip up to the policy's minimum, as the windowed official scripts do."""
-        missing = self.policy.min_samples - wave.shape[-1]
-        return wave if missing <= 0 else np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, missing)])
+
+        def pad_one(one: np.ndarray, rate: int) -> np.ndarray:
+            missing = self._shortest[rate] - one.shape[-1]
+            return one if missing <= 0 else np.pad(one, [(0, 0)] * (one.ndim - 1) + [(0, missing)])
+
+        return self._each(wave, pad_one)
+
+    def length(self, wave: Wave) -> int | tuple[int, ...]:
+        """What clips must share to be batched together."""
+        return wave.shape[-1] if not self.multirate else tuple(w.shape[-1] for w in wave)
+
+    def stack(self, waves: list[Wave]) -> Wave:
+        if not self.multirate:
+            return np.stack(waves)
+        return tuple(np.stack([w[k] for w in waves]) for k in range(len(self.rates)))
+
+    def windows(self, path, window: float, hop: float, block_seconds: float) -> Iterator[tuple[float, Wave]]:
+        """(start, wave) every hop, streamed: each rate reads the file once, in blocks."""
+        if not self.multirate:
+            yield from audio.iter_windows(path, self.sample_rate, window, hop, block_seconds)
+            return
+        yield from self._zip_windows([audio.iter_windows(path, r, window, hop, block_seconds) for r in self.rates],
+                                     window)
+
+    def array_windows(self, wave: Wave, window: float, hop: float) -> Iterator[tuple[float, Wave]]:
+        if not self.multirate:
+            yield from audio.array_windows(wave, self.sample_rate, window, hop)
+            return
+        yield from self._zip_windows([audio.array_windows(w, r, window, hop) for w, r in zip(wave, self.rates,
+                                                                                            strict=True)], window)
+
+    def _zip_windows(self, streams: list, window: float) -> Iterator[tuple[float, Wave]]:
+        """One window per rate at each start; a rate whose rounding gives one window fewer gets silence there."""
+        for items in zip_longest(*streams):
+            start = next(item[0] for item in items if item is not None)
+            yield start, tuple(item[1] if item is not None else np.zeros(round(window * rate), np.float32)
+                               for item, rate in zip(items, self.rates, strict=True))
+
+    def _each(self, wave: Wave, change: Callable[[np.ndarray, int], np.ndarray]) -> Wave:
+        if not self.multirate:
+            return change(wave, self.sample_rate)
+        return tuple(change(w, rate) for w, rate in zip(wave, self.rates, strict=True))
+
+    def _policy_at(self, rate: int) -> InputPolicy:
+        own = getattr(self.model, "input_policy", None)
+        return own(rate) if callable(own) else self.policy
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid for multi-label checkpoints, softmax over classes for single-label ones."""
@@ -158,7 +234,10 @@ class Tagger:
 
         frames=False skips the (B, T, C) frame probabilities of frame-level models when nobody reads them.
         """
-        wave = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+        if self.multirate:
+            wave = tuple(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)).to(self.device) for w in waves)
+        else:
+            wave = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
         with self._autocast():
             out = self._forward(wave)
         wanted = frames and out.frame_logits is not None
@@ -170,8 +249,9 @@ class Tagger:
     def _forward(self, wave: torch.Tensor):
         if self._fast is None:
             return self.model(wave)
-        self._shape_uses[tuple(wave.shape)] += 1
-        if self._shape_uses[tuple(wave.shape)] < _FAST_AFTER:
+        shape = tuple(wave.shape) if isinstance(wave, torch.Tensor) else tuple(tuple(w.shape) for w in wave)
+        self._shape_uses[shape] += 1
+        if self._shape_uses[shape] < _FAST_AFTER:
             return self.model(wave)
         return self._fast(wave)
 
@@ -180,6 +260,20 @@ class Tagger:
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+
+def _fast_runner(model) -> Callable | None:
+    """FastInference for a CNN family, or an ensemble running its CNN members through it; None if it would not
+    pay off."""
+    from tagger.models.inference import FastInference
+
+    if model.family in _FAST_FAMILIES:
+        return FastInference(model)
+    members = getattr(model, "members", None)
+    if members is None or not any(m.family in _FAST_FAMILIES for m in members):
+        return None
+    runners = [FastInference(m) if m.family in _FAST_FAMILIES else m for m in members]
+    return partial(model, runners=runners)
 
 
 def resolve_device(device: str) -> torch.device:

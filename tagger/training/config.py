@@ -104,6 +104,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model
     eval_every_steps: int = 0  # also validate every N optimizer steps; 0 = once per epoch
     save_every_steps: int = 100  # write the resume file every N optimizer steps (and at each epoch end)
+    save_every_epoch: bool = False  # also keep epoch_NNN.pt after every epoch, for `tagger ensemble` (WA, cum)
     metric: str = "auto"  # the metric best.pt is chosen by: auto (mAP or accuracy) | mAP | mAUC | accuracy | loss
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)

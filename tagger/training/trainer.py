@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import shutil
 import signal
 import time
 from contextlib import contextmanager, nullcontext
@@ -54,6 +56,10 @@ RESUME_VERSION = 1
 class RunPaths:
     dir: Path
 
+    def epoch(self, number: int) -> Path:
+        """epoch_NNN.pt: zero-padded so that `RUN/epoch_*.pt` lists the epochs in order."""
+        return self.dir / f"epoch_{number:03d}.pt"
+
     def __getattr__(self, name: str) -> Path:
         files = {"config": "config.toml", "run": "run.json", "resume": "resume.pt", "last": "last.pt",
                  "best": "best.pt", "metrics": "metrics.csv", "curves": "curves.png", "tensorboard": "tensorboard"}
@@ -90,6 +96,18 @@ class TrainResult:
     last_metrics: dict[str, Any]
     stop_reason: str
     seconds: float
+
+
+def keep_copy(source: Path, target: Path) -> None:
+    """`target` holds what `source` holds now: a hard link (no extra disk until `source` is replaced, which
+    the atomic save does by rename, leaving the link on the old file), else a copy; atomic either way."""
+    temp = target.with_name(f".{target.name}.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
 
 
 def _seed(*parts: int) -> int:
@@ -494,6 +512,8 @@ class Trainer:
         train_info = {"epoch": row["epoch"], "step": state.step, "metrics": row, "config": cfg.to_dict(),
                       "metric": self.metric}
         save_checkpoint(self.paths.last, self.model, self.labels, self.task, train=train_info)
+        if cfg.run.save_every_epoch and float(row["epoch"]).is_integer():
+            keep_copy(self.paths.last, self.paths.epoch(int(row["epoch"])))
         if better:
             state.best, state.best_epoch, state.since_best = float(value), row["epoch"], 0
             save_checkpoint(self.paths.best, self.model, self.labels, self.task, train=train_info)

@@ -54,6 +54,19 @@ def test_a_run_writes_config_metrics_curves_and_checkpoints(synth_set, tmp_path)
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
 
 
+def test_save_every_epoch_keeps_one_checkpoint_per_whole_epoch(synth_set, tmp_path):
+    cfg = tiny_config("run.save_every_epoch=true", "run.eval_every_steps=2")
+    _run(cfg, synth_set, tmp_path / "run")
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]  # not at 0.5, 1.5
+    first, second = read_torch_file(run / "epoch_001.pt"), read_torch_file(run / "epoch_002.pt")
+    assert (first["train"]["epoch"], second["train"]["epoch"]) == (1.0, 2.0)
+    last = _state(run / "last.pt")
+    assert all(torch.equal(second["state_dict"][k], v) for k, v in last.items())
+    assert not all(torch.equal(first["state_dict"][k], v) for k, v in last.items())
+    assert not list(run.glob(".*tmp*")), "temporary files left behind"
+
+
 @pytest.mark.slow  # the default run keeps the stronger SIGKILL + --resume check in test_train_cli.py
 def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(synth_set, tmp_path, monkeypatch):
     cfg = tiny_config("run.epochs=3", "augment.spec_mixup=perm", "augment.freqm=8", "augment.wave_mixup=0.5",

@@ -1,0 +1,273 @@
+"""`tagger ensemble` as a library function: load, check, validate, select, combine or average, write, report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagger.errors import TaggerError
+from tagger.labels import LabelSet
+
+MODES = ("predictions", "weights")
+COMBINE_CHOICES = ("auto", "mean-prob", "mean-logit", "weighted")
+
+
+@dataclass
+class EnsembleSettings:
+    out: Path
+    mode: str = "predictions"
+    select: str = "all"
+    combine: str = "auto"
+    weights: list[float] | None = None  # one per checkpoint as given; None: uniform (or learned with "weighted")
+    valid: Path | None = None
+    valid_folds: list[int] | None = None
+    labels: Path | None = None  # label file mapping the validation manifest's labels onto the models'
+    clip_seconds: float | None = None
+    metric: str = "auto"
+    bn_recalibrate: Path | None = None
+    bn_folds: list[int] | None = None
+    manifest_format: str = "auto"
+    audio_dir: Path | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "fp32"
+    force: bool = False
+
+
+@dataclass
+class Hooks:
+    """Where the run reports to: status lines, and progress (description, done, total)."""
+
+    log: Callable[[str], None] = lambda message: None
+    progress: Callable[[str, int, int], None] = lambda description, done, total: None
+
+
+@dataclass
+class Candidate:
+    """One checkpoint as given, with its validation predictions in the ensemble's label order once scored."""
+
+    source: str
+    payload: dict
+    weight: float | None = None  # from --weights, before renormalising over the chosen members
+    logits: np.ndarray | None = None
+    value: float | None = None
+
+    @property
+    def arch(self) -> str:
+        return self.payload["arch"]
+
+    @property
+    def epoch(self) -> float | None:
+        epoch = (self.payload.get("train") or {}).get("epoch")
+        return None if epoch in (None, "") else float(epoch)
+
+    @property
+    def labels(self) -> LabelSet:
+        return LabelSet.from_list_of_dicts(self.payload["labels"])
+
+    @property
+    def task(self) -> str:
+        return self.payload.get("task", "multilabel")
+
+
+@dataclass
+class _Validation:
+    """The validation manifest, read once, and what scoring it needs."""
+
+    manifest: object
+    targets: np.ndarray | None = None  # (N, C) in the ensemble's label order, from the first member scored
+    metric: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def run_ensemble(paths: Sequence[str | Path], settings: EnsembleSettings, hooks: Hooks = Hooks()):
+    """Build the ensemble (or averaged) checkpoint at settings.out and return its Report."""
+    from tagger.ensemble.selection import parse_selection
+
+    _check_settings(settings)
+    selection = parse_selection(settings.select)
+    if selection.needs_validation and settings.valid is None:
+        raise TaggerError(f"--select {settings.select} ranks checkpoints on validation data: add --valid MANIFEST")
+    candidates = load_candidates(paths, settings, hooks)
+    if settings.mode == "weights":
+        from tagger.ensemble.averaging import check_compatible
+
+        check_compatible([c.payload for c in candidates], [c.source for c in candidates])
+    labels, task = candidates[0].labels, candidates[0].task
+    columns = [_columns(c, labels, task) for c in candidates]
+    pool = list(range(len(candidates)))  # those the epoch window keeps; the report still lists every checkpoint
+    if selection.kind == "epochs":
+        from tagger.ensemble.selection import from_epoch
+
+        pool = from_epoch([c.epoch for c in candidates], [c.source for c in candidates], selection.number)
+    validation = _read_validation(settings) if settings.valid is not None else None
+    if validation is not None:
+        for count, index in enumerate(pool):
+            _score_candidate(candidates[index], columns[index], task, validation, settings, hooks,
+                             f"validating {count + 1}/{len(pool)}")
+    if settings.mode == "weights":
+        from tagger.ensemble.weights_mode import build_average
+
+        return build_average(candidates, pool, selection, labels, task, validation, settings, hooks)
+    from tagger.ensemble.predictions_mode import build_prediction_ensemble
+
+    return build_prediction_ensemble(candidates, pool, selection, labels, task, validation, settings, hooks)
+
+
+def _check_settings(settings: EnsembleSettings) -> None:
+    if settings.mode not in MODES:
+        raise TaggerError(f"--mode {settings.mode!r} is not one of {', '.join(MODES)}")
+    if settings.combine not in COMBINE_CHOICES:
+        raise TaggerError(f"--combine {settings.combine!r} is not one of {', '.join(COMBINE_CHOICES)}")
+    if settings.mode == "weights" and settings.combine != "auto":
+        raise TaggerError("--combine applies to --mode predictions; weight averaging takes --weights W1,W2,...")
+    if settings.mode == "predictions" and settings.bn_recalibrate is not None:
+        raise TaggerError("--bn-recalibrate applies to --mode weights (members of a prediction ensemble keep "
+                          "their own statistics)")
+    if settings.combine == "weighted" and settings.valid is None:
+        raise TaggerError("--combine weighted learns the member weights on validation data: add --valid MANIFEST")
+    if settings.combine == "weighted" and settings.weights is not None:
+        raise TaggerError("--combine weighted learns the weights; drop --weights (or use mean-prob/mean-logit)")
+    if settings.batch_size < 1:
+        raise TaggerError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    out = Path(settings.out)
+    if out.exists() and not settings.force:
+        raise TaggerError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    if out.is_dir():
+        raise TaggerError(f"--out {out} is a folder; give a file name such as {out / 'ensemble.pt'}")
+
+
+def load_candidates(paths: Sequence[str | Path], settings: EnsembleSettings, hooks: Hooks) -> list[Candidate]:
+    """The checkpoints as given (memory-mapped), identical training states kept once."""
+    from tagger.checkpoint import FORMAT, read_torch_file
+    from tagger.ensemble.combine import check_weights
+    from tagger.ensemble.store import is_ensemble
+
+    if not paths:
+        raise TaggerError("no checkpoints given; e.g. tagger ensemble runs/a/best.pt runs/b/best.pt --out ens.pt")
+    weights = None if settings.weights is None else check_weights(settings.weights, len(paths))
+    out = Path(settings.out).resolve()
+    candidates: list[Candidate] = []
+    for index, path in enumerate(paths):
+        path = Path(path)
+        if path.is_dir():
+            raise TaggerError(f"{path} is a folder; pass its checkpoints, e.g. {path / 'epoch_*.pt'}")
+        if path.resolve() == out:
+            raise TaggerError(f"--out {settings.out} is also an input checkpoint; choose another --out")
+        payload = read_torch_file(path, mmap=True)
+        if is_ensemble(payload):
+            raise TaggerError(f"{path}: already an ensemble; pass its member checkpoints instead")
+        if isinstance(payload, dict) and payload.get("format") == "tagger-resume":
+            raise TaggerError(f"{path}: a training resume file, not a model; pass epoch_*.pt, best.pt or last.pt")
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise TaggerError(f"{path}: not a tagger checkpoint; convert official weights with "
+                              "`tagger import-checkpoint`")
+        twin = next((c for c in candidates if _same_state(c.payload, payload)), None)
+        if twin is not None:
+            hooks.log(f"note: {path} holds the same weights as {twin.source}; it is used once")
+            continue
+        candidates.append(Candidate(str(path), payload, None if weights is None else weights[index]))
+    return candidates
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    """The same training state saved twice (last.pt and epoch_010.pt, or one file given twice)."""
+    if a["arch"] != b["arch"] or (a.get("train") or {}).get("step") != (b.get("train") or {}).get("step"):
+        return False
+    left, right = a["state_dict"], b["state_dict"]
+    return left.keys() == right.keys() and all(
+        left[k].shape == right[k].shape and torch.equal(left[k], right[k]) for k in left)
+
+
+def _columns(candidate: Candidate, labels: LabelSet, task: str) -> list[int] | None:
+    from tagger.ensemble.store import column_map
+
+    return column_map(candidate.labels, labels, task, candidate.task, candidate.source)
+
+
+def _read_validation(settings: EnsembleSettings) -> _Validation:
+    from tagger.data.manifests import read_manifest
+
+    manifest = read_manifest(settings.valid, settings.manifest_format, audio_dir=settings.audio_dir,
+                             folds=settings.valid_folds)
+    return _Validation(manifest)
+
+
+def model_tagger(model, meta: dict, source: str, settings: EnsembleSettings):
+    """A Tagger on the chosen device and precision for a model built here (a member, or an average)."""
+    from tagger.runtime import Tagger
+
+    return Tagger(model, meta["labels"], meta.get("task", "multilabel"), settings.device, settings.precision,
+                  source=source)
+
+
+def score_tagger(tagger, description: str, validation: _Validation, settings: EnsembleSettings, hooks: Hooks):
+    """evaluate() on the validation manifest with a progress report; the EvaluationResult."""
+    from tagger.evaluate import evaluate
+
+    def progress(done: int, total: int) -> None:
+        hooks.progress(description, done, total)
+
+    return evaluate(tagger, validation.manifest, labels=settings.labels, clip_seconds=settings.clip_seconds,
+                    batch_size=settings.batch_size, on_progress=progress)
+
+
+def _score_candidate(candidate: Candidate, columns: list[int] | None, task: str, validation: _Validation,
+                     settings: EnsembleSettings, hooks: Hooks, description: str) -> None:
+    """Validation logits of one candidate in the ensemble's label order, and its own metric."""
+    from tagger.checkpoint import model_from_payload
+    from tagger.ensemble.combine import probabilities
+    from tagger.ensemble.selection import metric_value, resolve_metric
+
+    tagger = model_tagger(*model_from_payload(candidate.payload, candidate.source), candidate.source, settings)
+    result = score_tagger(tagger, description, validation, settings, hooks)
+    logits = result.logits if columns is None else result.logits[:, columns]
+    targets = result.targets if columns is None else result.targets[:, columns]
+    if validation.targets is None:
+        validation.targets = targets
+        validation.metric = resolve_metric(settings.metric, targets)
+    candidate.logits = logits
+    candidate.value = metric_value(validation.metric, validation.targets, probabilities(logits, task))
+    hooks.log(f"{candidate.source}: {validation.metric} {candidate.value:.4f}")
+
+
+def member_weights(candidates: Sequence[Candidate]) -> list[float]:
+    """The --weights of the chosen members, renormalised; uniform when none were given."""
+    given = [c.weight for c in candidates]
+    if given[0] is None:
+        return [1.0 / len(candidates)] * len(candidates)
+    total = sum(given)
+    if total <= 0:
+        raise TaggerError("--weights: every selected member has weight 0; give a chosen member a positive weight")
+    return [w / total for w in given]
+
+
+def member_rows(candidates: Sequence[Candidate], chosen: Sequence[int], weights: Sequence[float]) -> list:
+    """The report's rows: every checkpoint given, with its weight in the ensemble (0 when left out)."""
+    from tagger.ensemble.report import MemberRow
+
+    weight_of = dict(zip(chosen, weights, strict=True))
+    return [MemberRow(c.source, c.arch, c.epoch, k in weight_of, weight_of.get(k, 0.0), c.value)
+            for k, c in enumerate(candidates)]
+
+
+def waveform_batches(manifest, rate: int, seconds: float, batch_size: int,
+                     on_clip: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
+    """(B, S) float32 batches of the manifest's clips at `rate`, each cropped or zero-padded to `seconds`."""
+    from tagger import audio
+
+    length = round(seconds * rate)
+    batch: list[np.ndarray] = []
+    for example in manifest.examples:
+        batch.append(audio.crop_or_pad(audio.load(example.path, rate), length))
+        if on_clip is not None:
+            on_clip()
+        if len(batch) == batch_size:
+            yield torch.from_numpy(np.stack(batch))
+            batch = []
+    if batch:
+        yield torch.from_numpy(np.stack(batch))
