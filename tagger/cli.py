@@ -59,6 +59,7 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")]
 SplitOption = Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")]
 ManifestFormatOption = Annotated[str, typer.Option(help="Manifest format, or auto.")]
+ModelOption = Annotated[Path | None, typer.Option(help="Tagger checkpoint or ensemble (.pt); default: $TAGGER_MODEL.")]
 AudioDirOption = Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")]
 
 
@@ -318,7 +319,7 @@ def recipes_command(fmt: FormatOption = "table") -> None:
 @user_errors
 def predict_command(
     inputs: Annotated[list[str], typer.Argument(help="Audio files, folders (searched recursively) or globs.")],
-    model: Annotated[Path | None, typer.Option(help="Tagger checkpoint (.pt); default: $TAGGER_MODEL.")] = None,
+    model: ModelOption = None,
     top_k: Annotated[int, typer.Option(help="Labels to show per file or window (0: all).")] = 5,
     threshold: Annotated[float | None, typer.Option(help="Only show labels scoring at least this.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json, csv (long form) or jsonl.")] = "table",
@@ -368,7 +369,7 @@ def _embeddings_target(value: str | None):
 @user_errors
 def evaluate_command(
     manifest: Annotated[Path, typer.Argument(help="Labelled manifest (any format of docs/data.md) or a folder.")],
-    model: Annotated[Path | None, typer.Option(help="Tagger checkpoint (.pt); default: $TAGGER_MODEL.")] = None,
+    model: ModelOption = None,
     labels: Annotated[Path | None, typer.Option(help="Label file mapping the manifest's label ids/names "
                                                 "(class_labels_indices.csv) onto the model's classes.")] = None,
     fmt: FormatOption = "table",
@@ -434,7 +435,7 @@ def evaluate_command(
 @app.command("export")
 @user_errors
 def export_command(
-    model: Annotated[Path, typer.Option(help="Tagger checkpoint (.pt) to export.")],
+    model: Annotated[Path, typer.Option(help="Tagger checkpoint or ensemble (.pt) to export.")],
     out: Annotated[Path, typer.Option(help="File to write; an existing one is replaced only if the export passes.")],
     export_format: Annotated[str, typer.Option("--format", help="onnx, torchscript or safetensors.")] = "onnx",
     seconds: Annotated[float | None, typer.Option(help="Export and check length in seconds (default: 10, or the "
@@ -577,8 +578,10 @@ def enhance_labels_command(
 @app.command("ensemble")
 @user_errors
 def ensemble_command(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Tagger checkpoints, e.g. runs/a/epoch_*.pt.")],
-    out: Annotated[Path, typer.Option(help="The checkpoint to write (an ensemble, or an averaged model).")],
+    checkpoints: Annotated[list[Path], typer.Argument(help="Tagger checkpoints, e.g. runs/a/epoch_*.pt, or saved "
+                                                      "predictions (.npz from tagger evaluate).")],
+    out: Annotated[Path, typer.Option(help="The file to write: an ensemble or averaged checkpoint (.pt), or "
+                                      "combined predictions (.npz).")],
     mode: Annotated[str, typer.Option(help="predictions: one file holding the members, outputs combined; "
                                       "weights: average the parameters of one model's checkpoints.")
                     ] = "predictions",
@@ -608,7 +611,7 @@ def ensemble_command(
     report: Annotated[Path | None, typer.Option(help="Also write the report as JSON to this file.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ) -> None:
-    """Weight-average checkpoints, or combine any checkpoints into one prediction ensemble."""
+    """Weight-average checkpoints, or combine any checkpoints (or saved predictions) into one ensemble."""
     _check_format(fmt)
     import time
 

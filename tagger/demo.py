@@ -60,7 +60,7 @@ def main() -> None:
     run("train", "--arch", "panns-cnn6", "--train", str(OUT / "features-panns-logmel"),
         "--valid", str(OUT / "features-panns-logmel-valid"), "--out", str(OUT / "runs" / "cnn6-cached"),
         "--set", "data.clip_seconds=5", "--set", "data.batch_size=4", "--set", "run.epochs=10",
-        "--set", "augment.freqm=8", "--set", "augment.timem=64")
+        "--set", "augment.freqm=8", "--set", "augment.timem=64", "--set", "run.save_every_epoch=true")
     print("\nTraining from audio with waveform augmentation (gain, roll, waveform mixup), then one more epoch")
     print("by resuming the finished run with a raised epoch count.")
     mn01 = OUT / "runs" / "mn01-audio"
@@ -95,8 +95,28 @@ def main() -> None:
     run("predict", str(recording), "--model", model, "--events", "--min-duration", "1", "--min-gap", "0.5",
         "--top-k", "3", "--plot", str(OUT / "recording" / "timeline.png"))
     enhance_labels_demo(OUT / "weak")
-    print(f"\nDone. Audio, feature stores, training runs (metrics.csv, curves.png, best.pt), the timeline plot and "
-          f"the label-enhancement report are in {OUT}/")
+    ensembles_demo(data, OUT / "runs", OUT / "ensembles")
+    print(f"\nDone. Audio, feature stores, training runs (metrics.csv, curves.png, best.pt), the timeline plot, "
+          f"the label-enhancement report and the ensembles are in {OUT}/")
+
+
+def ensembles_demo(data: Path, runs: Path, folder: Path) -> None:
+    """Weight averaging over the last epochs of one run, then a prediction ensemble of two architectures."""
+    valid = ["--valid", str(data / "valid.csv"), "--labels", str(data / "labels.csv")]
+    print("\nEnsembles. First PSLA/AST weight averaging: the parameters of CNN6's epochs 6-10 (kept by")
+    print("run.save_every_epoch=true) averaged into one ordinary checkpoint, each epoch scored on validation.")
+    epochs = sorted(str(p) for p in (runs / "cnn6-cached").glob("epoch_*.pt"))
+    run("ensemble", *epochs, "--mode", "weights", "--select", "epochs>=6", *valid, "--out",
+        str(folder / "cnn6-epochs-6-10.pt"))
+    print("\nThen a prediction ensemble of two architectures (CNN6 and the EfficientAT MobileNet): greedy selection")
+    print("adds a member only if the validation metric rises, so it never reports less than the best member.")
+    ensemble = str(folder / "cnn6-mn01.pt")
+    run("ensemble", str(runs / "cnn6-cached" / "best.pt"), str(runs / "mn01-audio" / "best.pt"), "--select",
+        "greedy", *valid, "--out", ensemble)
+    print("\nAn ensemble file is used like any checkpoint:")
+    run("evaluate", "--model", ensemble, str(data / "valid.csv"), "--labels", str(data / "labels.csv"))
+    clips = sorted((data / "audio").glob("*.wav"))
+    run("predict", *map(str, clips[-2:]), "--model", ensemble, "--top-k", "3")
 
 
 def enhance_labels_demo(folder: Path) -> None:

@@ -152,8 +152,6 @@ class Tagger:
     @property
     def frame_seconds(self) -> float:
         """Spacing of frame_probabilities rows: one front-end hop."""
-        from tagger.ensemble.model import frame_seconds
-
         own = getattr(self.model, "frame_seconds", None)
         return float(own) if own is not None else frame_seconds(self.model)
 
@@ -260,6 +258,15 @@ class Tagger:
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+
+def frame_seconds(model) -> float:
+    """Spacing of a model's frame outputs: one hop of its front-end."""
+    config = model.frontend.config
+    hop = getattr(config, "hop_length", None)
+    if hop is None:
+        hop = int(config.sample_rate * config.frame_shift_ms / 1000)
+    return hop / config.sample_rate
 
 
 def _fast_runner(model) -> Callable | None:

@@ -60,6 +60,7 @@ class EnsembleModel(nn.Module):
     def frame_level(self) -> bool:
         """Frame outputs only when every member has them on the same time grid (else events come from windows)."""
         from tagger.models import model_entry
+        from tagger.runtime import frame_seconds
 
         if not all(model_entry(m.arch).frame_level for m in self.members):
             return False
@@ -67,6 +68,8 @@ class EnsembleModel(nn.Module):
 
     @property
     def frame_seconds(self) -> float:
+        from tagger.runtime import frame_seconds
+
         return frame_seconds(self.members[0])
 
     def input_policy(self, rate: int | None = None):
@@ -119,12 +122,3 @@ class EnsembleModel(nn.Module):
     def forward_features(self, wave: Tensor) -> TaggerOutput:
         """The front-end is the identity, so features are the waveform (for export, which calls this)."""
         return self.forward(wave)
-
-
-def frame_seconds(model: nn.Module) -> float:
-    """Spacing of a model's frame outputs: one hop of its front-end."""
-    config = model.frontend.config
-    hop = getattr(config, "hop_length", None)
-    if hop is None:
-        hop = int(config.sample_rate * config.frame_shift_ms / 1000)
-    return hop / config.sample_rate

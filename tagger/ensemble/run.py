@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,20 +77,24 @@ class Candidate:
 
 
 @dataclass
-class _Validation:
-    """The validation manifest, read once, and what scoring it needs."""
+class Validation:
+    """The validation data: the manifest, read once (None for saved predictions), the targets in the ensemble's
+    label order and the metric chosen for them."""
 
     manifest: object
     targets: np.ndarray | None = None  # (N, C) in the ensemble's label order, from the first member scored
     metric: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def run_ensemble(paths: Sequence[str | Path], settings: EnsembleSettings, hooks: Hooks = Hooks()):
     """Build the ensemble (or averaged) checkpoint at settings.out and return its Report."""
+    from tagger.ensemble.saved import is_saved_predictions, run_saved
     from tagger.ensemble.selection import parse_selection
 
-    _check_settings(settings)
+    saved = is_saved_predictions(paths)
+    _check_settings(settings, saved)
+    if saved:
+        return run_saved(paths, settings, hooks)
     selection = parse_selection(settings.select)
     if selection.needs_validation and settings.valid is None:
         raise TaggerError(f"--select {settings.select} ranks checkpoints on validation data: add --valid MANIFEST")
@@ -118,7 +124,7 @@ def run_ensemble(paths: Sequence[str | Path], settings: EnsembleSettings, hooks:
     return build_prediction_ensemble(candidates, pool, selection, labels, task, validation, settings, hooks)
 
 
-def _check_settings(settings: EnsembleSettings) -> None:
+def _check_settings(settings: EnsembleSettings, saved: bool = False) -> None:
     if settings.mode not in MODES:
         raise TaggerError(f"--mode {settings.mode!r} is not one of {', '.join(MODES)}")
     if settings.combine not in COMBINE_CHOICES:
@@ -128,7 +134,7 @@ def _check_settings(settings: EnsembleSettings) -> None:
     if settings.mode == "predictions" and settings.bn_recalibrate is not None:
         raise TaggerError("--bn-recalibrate applies to --mode weights (members of a prediction ensemble keep "
                           "their own statistics)")
-    if settings.combine == "weighted" and settings.valid is None:
+    if settings.combine == "weighted" and settings.valid is None and not saved:
         raise TaggerError("--combine weighted learns the member weights on validation data: add --valid MANIFEST")
     if settings.combine == "weighted" and settings.weights is not None:
         raise TaggerError("--combine weighted learns the weights; drop --weights (or use mean-prob/mean-logit)")
@@ -189,12 +195,12 @@ def _columns(candidate: Candidate, labels: LabelSet, task: str) -> list[int] | N
     return column_map(candidate.labels, labels, task, candidate.task, candidate.source)
 
 
-def _read_validation(settings: EnsembleSettings) -> _Validation:
+def _read_validation(settings: EnsembleSettings) -> Validation:
     from tagger.data.manifests import read_manifest
 
     manifest = read_manifest(settings.valid, settings.manifest_format, audio_dir=settings.audio_dir,
                              folds=settings.valid_folds)
-    return _Validation(manifest)
+    return Validation(manifest)
 
 
 def model_tagger(model, meta: dict, source: str, settings: EnsembleSettings):
@@ -205,7 +211,7 @@ def model_tagger(model, meta: dict, source: str, settings: EnsembleSettings):
                   source=source)
 
 
-def score_tagger(tagger, description: str, validation: _Validation, settings: EnsembleSettings, hooks: Hooks):
+def score_tagger(tagger, description: str, validation: Validation, settings: EnsembleSettings, hooks: Hooks):
     """evaluate() on the validation manifest with a progress report; the EvaluationResult."""
     from tagger.evaluate import evaluate
 
@@ -216,15 +222,22 @@ def score_tagger(tagger, description: str, validation: _Validation, settings: En
                     batch_size=settings.batch_size, on_progress=progress)
 
 
-def _score_candidate(candidate: Candidate, columns: list[int] | None, task: str, validation: _Validation,
+def _score_candidate(candidate: Candidate, columns: list[int] | None, task: str, validation: Validation,
                      settings: EnsembleSettings, hooks: Hooks, description: str) -> None:
     """Validation logits of one candidate in the ensemble's label order, and its own metric."""
     from tagger.checkpoint import model_from_payload
     from tagger.ensemble.combine import probabilities
     from tagger.ensemble.selection import metric_value, resolve_metric
+    from tagger.evaluate import load_predictions
 
-    tagger = model_tagger(*model_from_payload(candidate.payload, candidate.source), candidate.source, settings)
-    result = score_tagger(tagger, description, validation, settings, hooks)
+    cached = score_cache(candidate.source, settings)
+    if cached.is_file():  # scored by an earlier run (interrupted, or trying another --select)
+        result = load_predictions(cached, with_metrics=False)
+        hooks.log(f"{candidate.source}: validation scores reused from {cached}")
+    else:
+        tagger = model_tagger(*model_from_payload(candidate.payload, candidate.source), candidate.source, settings)
+        result = score_tagger(tagger, description, validation, settings, hooks)
+        result.save_predictions(cached)
     logits = result.logits if columns is None else result.logits[:, columns]
     targets = result.targets if columns is None else result.targets[:, columns]
     if validation.targets is None:
@@ -233,6 +246,27 @@ def _score_candidate(candidate: Candidate, columns: list[int] | None, task: str,
     candidate.logits = logits
     candidate.value = metric_value(validation.metric, validation.targets, probabilities(logits, task))
     hooks.log(f"{candidate.source}: {validation.metric} {candidate.value:.4f}")
+
+
+def score_cache(source: str, settings: EnsembleSettings) -> Path:
+    """Where a checkpoint's validation scores are kept: valid-scores/NAME-KEY.npz in --out's folder, shared by
+    every ensemble written there (trying several selections scores each checkpoint once).
+
+    The key covers the checkpoint file (path, size, modification time), the validation manifest (likewise) and
+    every setting that changes the scores, so a stale file is never reused.
+    """
+    out = Path(settings.out)
+    key = [_file_key(source), _file_key(settings.valid), settings.valid_folds, settings.clip_seconds,
+           None if settings.labels is None else _file_key(settings.labels), settings.manifest_format,
+           None if settings.audio_dir is None else str(Path(settings.audio_dir).resolve()), settings.precision]
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:16]
+    return out.parent / "valid-scores" / f"{Path(source).stem}-{digest}.npz"
+
+
+def _file_key(path) -> list:
+    resolved = Path(path).resolve()
+    status = resolved.stat()
+    return [str(resolved), status.st_size, status.st_mtime_ns]
 
 
 def member_weights(candidates: Sequence[Candidate]) -> list[float]:

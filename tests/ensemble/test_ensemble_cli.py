@@ -153,3 +153,39 @@ def test_bn_recalibration_needs_batchnorm_and_out_needs_force(setup, tmp_path):
     result = _tagger("ensemble", *setup["epochs"][:2], "--out", out)
     assert result.exit_code == 2 and "--force" in result.stderr and out.read_bytes() == b"keep"
     assert _tagger("ensemble", *setup["epochs"][:2], "--out", out, "--force").exit_code == 0
+
+
+def test_validation_scores_are_kept_and_reused_until_the_checkpoint_changes(setup, tmp_path):
+    members = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for member, source in zip(members, setup["epochs"][:2], strict=True):
+        member.write_bytes(source.read_bytes())
+    args = ["ensemble", *members, "--valid", setup["valid"], "--out", tmp_path / "ens.pt", "--format", "json"]
+    first = _tagger(*args)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "valid-scores").glob("*.npz")) == ["a", "b"]
+    second = _tagger(*args[:-4], "--out", tmp_path / "other.pt", "--format", "json", "--select", "greedy")
+    assert second.stderr.count("validation scores reused") == 2
+    assert [m["value"] for m in _report(second)["members"]] == [m["value"] for m in _report(first)["members"]]
+    members[0].write_bytes(setup["epochs"][2].read_bytes())  # a new file under the same name is scored again
+    third = _tagger(*args, "--force")
+    assert third.stderr.count("validation scores reused") == 1
+
+
+def test_saved_predictions_combine_without_running_a_model(setup, tmp_path):
+    saved = []
+    for index, checkpoint in enumerate((setup["epochs"][0], setup["ast"])):
+        saved.append(tmp_path / f"p{index}.npz")
+        result = _tagger("evaluate", setup["valid"], "--model", checkpoint, "--save-predictions", saved[-1])
+        assert result.exit_code == 0, result.output
+    report = _report(_tagger("ensemble", *saved, "--out", tmp_path / "ens.npz", "--format", "json"))
+    assert report["valid"] == "the targets saved with the predictions" and report["combine"] == "mean-prob"
+    combined, first, second = (load_predictions(p) for p in (tmp_path / "ens.npz", *saved))
+    np.testing.assert_allclose(combined.probabilities, (first.probabilities + second.probabilities) / 2, atol=1e-6)
+    assert combined.metrics["mAP"] == pytest.approx(report["ensemble"])
+    greedy = _report(_tagger("ensemble", *saved, "--select", "greedy", "--out", tmp_path / "g.npz", "--format",
+                             "json"))
+    assert greedy["ensemble"] >= max(m["value"] for m in greedy["members"])
+    for args, message in (([saved[0], setup["ast"], "--out", tmp_path / "x.npz"], "not both"),
+                          ([*saved, "--out", tmp_path / "x.pt"], "name the file *.npz"),
+                          ([*saved, "--valid", setup["valid"], "--out", tmp_path / "x.npz"], "drop --valid")):
+        result = _tagger("ensemble", *args)
+        assert result.exit_code == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr

@@ -1,0 +1,147 @@
+"""Real-data ensembles on ESC-50 (folds 1-3 train, fold 4 validation) from ../shared/data.
+
+Stage `train`: three fine-tuning runs of the real EfficientAT mn04_as checkpoint (seeds 0, 1, 2), the settings of
+bench_esc50.py's `finetune` run shortened to 10 epochs, each keeping its epoch checkpoints
+(run.save_every_epoch=true). Stage `ensembles`: what `tagger ensemble` makes of them, each scored on fold 4, and
+the inference cost of each option (evaluate over fold 4, seconds per clip, ratio to one model, same run):
+
+  single      the last epoch of seed 0, and its best epoch
+  wa          weight average of seed 0's epochs >= 6, without and with BatchNorm re-estimation on folds 1-3
+  cum         prediction ensemble of seed 0's epochs >= 6 (AST/PSLA's single-run checkpoint ensemble)
+  seeds       prediction ensemble of the three seeds' last epochs
+  seeds-wa    prediction ensemble of the three seeds' weight averages
+  greedy      greedy forward selection over every seed's epochs >= 6 (selected on fold 4 itself: optimistic)
+
+    python benchmarks/bench_ensemble.py --out /tmp/ens-bench [--stages train ensembles] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench_esc50 import ESC50, MN04, RUNS, SHARED
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = (0, 1, 2)
+EPOCHS = ["run.epochs=10", "schedule.ramp_down_len=8", "run.save_every_epoch=true"]  # after RUNS' own overrides
+WA_FROM = 6
+
+
+def train(out: Path) -> list[dict]:
+    """The three runs (resumed if a previous call was interrupted)."""
+    from tagger.importing import import_checkpoint
+    from tagger.labels import LabelSet
+    from tagger.training import trainer
+    from tagger.training.config import build_config
+
+    recipe, arch, _, overrides = RUNS["finetune"]
+    imported = out / "mn04_as.pt"
+    if not imported.exists():
+        import_checkpoint("efficientat", MN04, imported,
+                          labels=LabelSet.from_csv(SHARED / "audioset" / "class_labels_indices.csv"))
+    rows = []
+    for seed in SEEDS:
+        run_dir = out / f"seed{seed}"
+        started = time.perf_counter()
+        if (run_dir / "resume.pt").exists():
+            result = trainer.resume(run_dir, show_progress=False)
+        else:
+            config = build_config(recipe, [*overrides, *EPOCHS, f"run.seed={seed}",
+                                           f"model.init=checkpoint:{imported}"], arch)
+            result = trainer.train(config, trainer.data_spec(ESC50, [1, 2, 3]), trainer.data_spec(ESC50, [4]),
+                                   run_dir, show_progress=False)
+        rows.append({"seed": seed, "best": result.best, "wall_s": round(time.perf_counter() - started, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def ensembles(out: Path) -> dict:
+    from tagger.ensemble.run import EnsembleSettings, run_ensemble
+
+    def build(name: str, paths: list[Path], **settings) -> dict:
+        target = out / "ensembles" / f"{name}.pt"
+        started = time.perf_counter()
+        report = run_ensemble(paths, EnsembleSettings(out=target, valid=ESC50, valid_folds=[4], force=True,
+                                                      **settings))
+        return {"name": name, "file": str(target), "build_s": round(time.perf_counter() - started, 1),
+                **{k: v for k, v in report.to_dict().items() if k != "members"},
+                "members": [{"source": m.source, "selected": m.selected, "weight": round(m.weight, 4),
+                             "value": m.value} for m in report.members]}
+
+    def epochs(seed: int, first: int = 1) -> list[Path]:
+        return sorted(p for p in (out / f"seed{seed}").glob("epoch_*.pt") if int(p.stem[-3:]) >= first)
+
+    window = f"epochs>={WA_FROM}"
+    results = [
+        build("single-last", [out / "seed0" / "last.pt"]),
+        build("single-best", [out / "seed0" / "best.pt"]),
+        build("wa", epochs(0), mode="weights", select=window),
+        build("wa-bn", epochs(0), mode="weights", select=window, bn_recalibrate=ESC50, bn_folds=[1, 2, 3],
+              batch_size=32),
+        build("cum", epochs(0), select=window),
+    ]
+    for seed in SEEDS[1:]:
+        results.append(build(f"wa-seed{seed}", epochs(seed), mode="weights", select=window))
+    results += [
+        build("seeds", [out / f"seed{s}" / "last.pt" for s in SEEDS]),
+        build("seeds-wa", [out / "ensembles" / f"wa{'' if s == 0 else f'-seed{s}'}.pt" for s in SEEDS]),
+        build("greedy", [p for s in SEEDS for p in epochs(s, WA_FROM)], select="greedy"),
+    ]
+    return {"results": results, "inference": inference_cost(out, results)}
+
+
+def inference_cost(out: Path, results: list[dict], repeats: int = 2) -> list[dict]:
+    """evaluate() over fold 4 for one model, a weight average and the prediction ensembles; best of `repeats`."""
+    from tagger.evaluate import evaluate
+    from tagger.runtime import Tagger
+
+    rows = []
+    for result in results:
+        if result["name"] in ("single-best", "wa-seed1", "wa-seed2"):
+            continue
+        seconds = []
+        for _ in range(repeats):
+            tagger = Tagger.load(result["file"], device="cpu")
+            started = time.perf_counter()
+            scored = evaluate(tagger, ESC50, folds=[4], batch_size=8)
+            seconds.append(time.perf_counter() - started)
+        members = sum(m["selected"] for m in result["members"]) if result["mode"] == "predictions" else 1
+        rows.append({"name": result["name"], "members": members, "accuracy": scored.metrics["accuracy"],
+                     "s_per_clip": min(seconds) / scored.metrics["clips"]})
+        print(json.dumps(rows[-1]), flush=True)
+    single = next(r["s_per_clip"] for r in rows if r["name"] == "single-last")
+    for row in rows:
+        row["cost_vs_single"] = round(row["s_per_clip"] / single, 2)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stages", nargs="*", default=["train", "ensembles"], choices=["train", "ensembles"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if not ESC50.is_file():
+        sys.exit(f"{ESC50} is absent: this benchmark needs ../shared/data")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+               "torch": torch.__version__}
+    if "train" in args.stages:
+        results["train"] = train(args.out)
+    if "ensembles" in args.stages:
+        results.update(ensembles(args.out))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
