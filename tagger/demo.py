@@ -108,11 +108,12 @@ def ensembles_demo(data: Path, runs: Path, folder: Path) -> None:
     epochs = sorted(str(p) for p in (runs / "cnn6-cached").glob("epoch_*.pt"))
     run("ensemble", *epochs, "--mode", "weights", "--select", "epochs>=6", *valid, "--out",
         str(folder / "cnn6-epochs-6-10.pt"))
-    print("\nThen a prediction ensemble of two architectures (CNN6 and the EfficientAT MobileNet): greedy selection")
-    print("adds a member only if the validation metric rises, so it never reports less than the best member.")
-    ensemble = str(folder / "cnn6-mn01.pt")
-    run("ensemble", str(runs / "cnn6-cached" / "best.pt"), str(runs / "mn01-audio" / "best.pt"), "--select",
-        "greedy", *valid, "--out", ensemble)
+    print("\nThen a prediction ensemble chosen by greedy forward selection among every CNN6 epoch and the")
+    print("EfficientAT MobileNet trained from audio (another architecture): a member joins only if the validation")
+    print("metric rises, so the ensemble never reports less than its best member. Epochs 6-10 are not scored")
+    print("again: their validation scores were kept in valid-scores/ by the step above.")
+    ensemble = str(folder / "greedy.pt")
+    run("ensemble", *epochs, str(runs / "mn01-audio" / "best.pt"), "--select", "greedy", *valid, "--out", ensemble)
     print("\nAn ensemble file is used like any checkpoint:")
     run("evaluate", "--model", ensemble, str(data / "valid.csv"), "--labels", str(data / "labels.csv"))
     clips = sorted((data / "audio").glob("*.wav"))

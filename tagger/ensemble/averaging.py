@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -11,10 +10,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from tagger.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from tagger.ensemble.combine import check_weights
+from tagger.ensemble.store import FORMAT as ENSEMBLE_FORMAT
 from tagger.errors import TaggerError
 
-CHECKPOINT_FORMAT = "tagger-checkpoint"
-ENSEMBLE_FORMAT = "tagger-ensemble"
 _ADVICE = (
     "weight averaging needs checkpoints of one model (same arch, settings and labels) — "
     "use --mode predictions to combine different models"
@@ -135,22 +135,6 @@ def _state_difference(other: dict, first: dict) -> str | None:
 # --------------------------------------------------------------------------------------------- averaging
 
 
-def normalise_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    """Weights summing to 1 (uniform when None), or a TaggerError saying what is wrong with the ones given."""
-    if weights is None:
-        return [1.0 / count] * count
-    values = [float(w) for w in weights]
-    if len(values) != count:
-        raise TaggerError(f"got {len(values)} weights for {count} checkpoints; give one weight per checkpoint")
-    for position, value in enumerate(values, start=1):
-        if not math.isfinite(value) or value < 0:
-            raise TaggerError(f"weight {position} is {value}; weights must be finite and not negative")
-    total = math.fsum(values)
-    if total <= 0:
-        raise TaggerError("the weights are all zero; give at least one checkpoint a positive weight")
-    return [value / total for value in values]
-
-
 def average_states(states: Sequence[dict[str, Tensor]], weights: Sequence[float] | None = None) -> dict[str, Tensor]:
     """The (weighted) mean of state_dicts, key by key, as new contiguous CPU tensors.
 
@@ -162,7 +146,7 @@ def average_states(states: Sequence[dict[str, Tensor]], weights: Sequence[float]
     """
     if not states:
         raise TaggerError("weight averaging needs at least one state_dict")
-    shares = normalise_weights(weights, len(states))
+    shares = check_weights(weights, len(states))
     first = states[0]
     for position, state in enumerate(states[1:], start=2):
         if set(state) != set(first):
@@ -195,7 +179,7 @@ def average_payloads(payloads: Sequence[dict], sources: Sequence[str],
     check_compatible would have refused). Per-epoch metrics are dropped: they describe a member, not the mean.
     """
     check_compatible(payloads, sources)
-    shares = normalise_weights(weights, len(payloads))
+    shares = check_weights(weights, len(payloads))
     first = payloads[0]
     result = {key: copy.deepcopy(value) for key, value in first.items() if key not in ("state_dict", "train")}
     result["state_dict"] = average_states([p["state_dict"] for p in payloads], shares)

@@ -25,14 +25,17 @@ def default_combine(families: Sequence[str]) -> str:
     return "mean-logit" if families and all(f in LOGIT_FAMILIES for f in families) else "mean-prob"
 
 
-def check_weights(weights: Sequence[float], count: int) -> list[float]:
-    """Non-negative weights, one per member, not all zero, normalised to sum to 1."""
+def check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """Non-negative finite weights, one per member, not all zero, normalised to sum to 1 (uniform for None)."""
+    if weights is None:
+        return [1.0 / count] * count
     weights = [float(w) for w in weights]
     if len(weights) != count:
         raise TaggerError(f"--weights gives {len(weights)} values for {count} members; give one per checkpoint")
     if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise TaggerError(f"--weights {','.join(f'{w:g}' for w in weights)}: weights must be >= 0, not all 0")
-    total = sum(weights)
+        raise TaggerError(f"--weights {','.join(f'{w:g}' for w in weights)}: weights must be finite and >= 0, "
+                          "not all 0")
+    total = math.fsum(weights)
     return [w / total for w in weights]
 
 

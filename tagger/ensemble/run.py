@@ -295,13 +295,14 @@ def waveform_batches(manifest, rate: int, seconds: float, batch_size: int,
     from tagger import audio
 
     length = round(seconds * rate)
-    batch: list[np.ndarray] = []
-    for example in manifest.examples:
-        batch.append(audio.crop_or_pad(audio.load(example.path, rate), length))
-        if on_clip is not None:
-            on_clip()
-        if len(batch) == batch_size:
-            yield torch.from_numpy(np.stack(batch))
-            batch = []
-    if batch:
+    examples = manifest.examples
+    starts = list(range(0, len(examples), batch_size))
+    if len(starts) > 1 and len(examples) - starts[-1] == 1:
+        starts.pop()  # no batch of one clip at the end (BatchNorm needs two values per channel): join the last
+    for begin, end in zip(starts, [*starts[1:], len(examples)], strict=True):
+        batch = []
+        for example in examples[begin:end]:
+            batch.append(audio.crop_or_pad(audio.load(example.path, rate), length))
+            if on_clip is not None:
+                on_clip()
         yield torch.from_numpy(np.stack(batch))

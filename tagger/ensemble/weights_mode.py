@@ -86,6 +86,7 @@ def _recalibrate(model, payload: dict, settings: EnsembleSettings, hooks: Hooks)
     """Re-estimate BatchNorm statistics on the --bn-recalibrate manifest at the training clip length."""
     from tagger.data.manifests import read_manifest
     from tagger.ensemble.averaging import recalibrate_batchnorm
+    from tagger.runtime import resolve_device
 
     manifest = read_manifest(settings.bn_recalibrate, settings.manifest_format, audio_dir=settings.audio_dir,
                              folds=settings.bn_folds)
@@ -103,6 +104,7 @@ def _recalibrate(model, payload: dict, settings: EnsembleSettings, hooks: Hooks)
         hooks.progress("re-estimating BatchNorm", done, total)
 
     batches = waveform_batches(manifest, model.sample_rate, seconds, settings.batch_size, clip_done)
-    clips = recalibrate_batchnorm(model, batches)
+    clips = recalibrate_batchnorm(model.to(resolve_device(settings.device)), batches)
+    model.cpu()
     hooks.log(f"BatchNorm statistics re-estimated on {clips} clips of {seconds:g} s")
     return clips

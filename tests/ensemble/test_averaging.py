@@ -133,7 +133,7 @@ def test_half_precision_is_accumulated_wide():
 
 @pytest.mark.parametrize(
     ("weights", "words"),
-    [((1.0, -1.0), "not negative"), ((0, 0), "all zero"), ((1.0,), "1 weights for 2"), ((1, float("nan")), "finite")],
+    [((1.0, -1.0), ">= 0"), ((0, 0), "not all 0"), ((1.0,), "1 values for 2"), ((1, float("nan")), "finite")],
 )
 def test_bad_weights_are_refused(pair, weights, words):
     (a, b), sources = pair
