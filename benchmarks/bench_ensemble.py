@@ -7,6 +7,7 @@ the inference cost of each option (evaluate over fold 4, seconds per clip, ratio
 
   single      the last epoch of seed 0, and its best epoch
   wa          weight average of seed 0's epochs >= 6, without and with BatchNorm re-estimation on folds 1-3
+  wa-late     weight average of seed 0's epochs >= 8 (a window nearer the end of the learning-rate ramp)
   cum         prediction ensemble of seed 0's epochs >= 6 (AST/PSLA's single-run checkpoint ensemble)
   seeds       prediction ensemble of the three seeds' last epochs
   seeds-wa    prediction ensemble of the three seeds' weight averages
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
 EPOCHS = ["run.epochs=10", "schedule.ramp_down_len=8", "run.save_every_epoch=true"]  # after RUNS' own overrides
 WA_FROM = 6
+LATE_FROM = 8
 
 
 def train(out: Path) -> list[dict]:
@@ -83,6 +85,7 @@ def ensembles(out: Path) -> dict:
         build("wa", epochs(0), mode="weights", select=window),
         build("wa-bn", epochs(0), mode="weights", select=window, bn_recalibrate=ESC50, bn_folds=[1, 2, 3],
               batch_size=32),
+        build("wa-late", epochs(0), mode="weights", select=f"epochs>={LATE_FROM}"),
         build("cum", epochs(0), select=window),
     ]
     for seed in SEEDS[1:]:
