@@ -231,9 +231,9 @@ def _score_candidate(candidate: Candidate, columns: list[int] | None, task: str,
     from tagger.evaluate import load_predictions
 
     cached = score_cache(candidate.source, settings)
-    if cached.is_file():  # scored by an earlier run (interrupted, or trying another --select)
+    reused = cached.is_file()  # scored by an earlier run (interrupted, or trying another --select)
+    if reused:
         result = load_predictions(cached, with_metrics=False)
-        hooks.log(f"{candidate.source}: validation scores reused from {cached}")
     else:
         tagger = model_tagger(*model_from_payload(candidate.payload, candidate.source), candidate.source, settings)
         result = score_tagger(tagger, description, validation, settings, hooks)
@@ -245,7 +245,8 @@ def _score_candidate(candidate: Candidate, columns: list[int] | None, task: str,
         validation.metric = resolve_metric(settings.metric, targets)
     candidate.logits = logits
     candidate.value = metric_value(validation.metric, validation.targets, probabilities(logits, task))
-    hooks.log(f"{candidate.source}: {validation.metric} {candidate.value:.4f}")
+    hooks.log(f"{candidate.source}: {validation.metric} {candidate.value:.4f}"
+              + (f" (validation scores reused from {cached.parent})" if reused else ""))
 
 
 def score_cache(source: str, settings: EnsembleSettings) -> Path:
