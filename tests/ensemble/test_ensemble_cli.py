@@ -189,3 +189,24 @@ def test_saved_predictions_combine_without_running_a_model(setup, tmp_path):
                           ([*saved, "--valid", setup["valid"], "--out", tmp_path / "x.npz"], "drop --valid")):
         result = _tagger("ensemble", *args)
         assert result.exit_code == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_ctrl_c_writes_nothing_and_a_rerun_scores_only_what_is_left(setup, tmp_path, monkeypatch):
+    from tagger.ensemble import run as ensemble_run
+
+    real, calls = ensemble_run.score_tagger, []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble_run, "score_tagger", interrupted_on_the_second)
+    args = ["ensemble", *setup["epochs"][:3], "--valid", setup["valid"], "--out", tmp_path / "ens.pt"]
+    result = _tagger(*args)
+    assert result.exit_code == 130 and "was not written" in result.stderr
+    assert not (tmp_path / "ens.pt").exists() and len(list((tmp_path / "valid-scores").glob("*.npz"))) == 1
+    monkeypatch.setattr(ensemble_run, "score_tagger", real)
+    result = _tagger(*args)
+    assert result.exit_code == 0 and result.stderr.count("validation scores reused") == 1
