@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-from bench_esc50 import ESC50, MN04, RUNS, SHARED
+from bench_esc50 import ESC50, MN04, RUNS, SHARED, start
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -129,15 +127,8 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=["train", "ensembles"], choices=["train", "ensembles"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not ESC50.is_file():
-        sys.exit(f"{ESC50} is absent: this benchmark needs ../shared/data")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
+    results = start(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "torch": torch.__version__}
     if "train" in args.stages:
         results["train"] = train(args.out)
     if "ensembles" in args.stages:

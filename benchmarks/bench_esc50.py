@@ -62,20 +62,26 @@ def run(name: str, out: Path) -> dict:
             "elapsed_s_per_epoch": [float(row["elapsed_s"]) for row in rows], "wall_s": round(wall, 1)}
 
 
+def start(threads: int) -> dict:
+    """Common set-up of the ESC-50 benchmarks: check the data, set the threads, import tagger from this
+    checkout; the machine record that heads their results."""
+    if not ESC50.is_file():
+        sys.exit(f"{ESC50} is absent: this benchmark needs ../shared/data")
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(ROOT))
+    return {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not ESC50.is_file():
-        sys.exit(f"{ESC50} is absent: this benchmark needs ../shared/data")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "torch": torch.__version__, "runs": []}
+    results = {**start(args.threads), "runs": []}
     for name in args.runs:
         results["runs"].append(run(name, args.out))
         print(json.dumps(results["runs"][-1]), flush=True)

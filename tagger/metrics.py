@@ -139,10 +139,10 @@ def summarize(targets: np.ndarray, scores: np.ndarray, task: str = "multilabel")
         truth = np.eye(scores.shape[1], dtype=bool)[indices]
     else:
         truth, scores = _prepare(targets, scores)
-    mauc = _nanmean(roc_auc(truth, scores))
+    mauc = nanmean(roc_auc(truth, scores))
     return {
         **head,
-        "mAP": _nanmean(average_precision(truth, scores)),
+        "mAP": nanmean(average_precision(truth, scores)),
         "mAUC": mauc,
         "d_prime": d_prime(mauc),
         "lwlrap": lwlrap(truth, scores),
@@ -171,7 +171,7 @@ def per_class(targets: np.ndarray, scores: np.ndarray, names: Sequence[str]) -> 
     ]
 
 
-def _nanmean(values: np.ndarray) -> float:
+def nanmean(values: np.ndarray) -> float:
     """Mean over the finite-or-infinite entries, NaN (without numpy's warning) when every entry is NaN."""
     kept = values[~np.isnan(values)]
     return float(kept.mean()) if kept.size else float("nan")

@@ -222,9 +222,7 @@ class Tagger:
         return own(rate) if callable(own) else self.policy
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sigmoid for multi-label checkpoints, softmax over classes for single-label ones."""
-        logits = logits.float()
-        return torch.softmax(logits, dim=-1) if self.task == "multiclass" else torch.sigmoid(logits)
+        return probabilities(logits, self.task)
 
     @torch.inference_mode()
     def __call__(self, waves: np.ndarray, frames: bool = True) -> Scores:
@@ -258,6 +256,12 @@ class Tagger:
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Sigmoid for multi-label checkpoints, softmax over classes for single-label ones (float32)."""
+    logits = logits.float()
+    return torch.softmax(logits, dim=-1) if task == "multiclass" else torch.sigmoid(logits)
 
 
 def frame_seconds(model) -> float:

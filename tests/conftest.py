@@ -1,4 +1,4 @@
-"""Shared test helpers: synthetic audio on disk and the optional ../shared material."""
+"""Shared test helpers: synthetic audio on disk, lively random models and the optional ../shared material."""
 
 from __future__ import annotations
 
@@ -60,3 +60,23 @@ def synth_set(tmp_path_factory) -> dict[str, Path]:
     from tagger.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth"), clips=24, seconds=1.0, sample_rate=32000, seed=3)
+
+
+def lively(model, seed: int = 0):
+    """Random weights that give logits of order 1: fresh models have zero-initialised layers and BatchNorms
+    that never saw data, whose near-constant outputs would make any export look exact."""
+    import torch
+
+    from tagger.export import parity_waveform
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=gen))
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None  # a plain average over the calibration batch
+        model.train()
+        model(parity_waveform(model.sample_rate, model.sample_rate, batch=4, seed=seed))
+    return model.eval()

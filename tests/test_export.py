@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import lively
 from typer.testing import CliRunner
 
 from tagger.checkpoint import load_checkpoint, save_checkpoint
@@ -29,22 +30,6 @@ TINY = {
     "htsat-tiny": ({"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4]}, 2.0),  # frame output
     "passt-s-p16-s10": ({"embed_dim": 64, "depth": 1, "num_heads": 2}, 2.0),
 }
-
-
-def lively(model, seed: int = 0):
-    """Random weights that give logits of order 1: fresh models have zero-initialised layers and BatchNorms
-    that never saw data, whose near-constant outputs would make any export look exact."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=gen))
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None  # a plain average over the calibration batch
-        model.train()
-        model(parity_waveform(model.sample_rate, model.sample_rate, batch=4, seed=seed))
-    return model.eval()
 
 
 def make_checkpoint(folder, arch: str, task: str = "multilabel"):

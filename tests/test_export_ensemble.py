@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import lively
 
 from tagger.checkpoint import load_model, read_torch_file, save_checkpoint
 from tagger.ensemble.store import save_ensemble
@@ -17,22 +18,6 @@ from tagger.models import create_model
 
 LABELS = LabelSet.from_list(["a", "b", "c"], ["Alpha", "Beta", "Gamma"])
 SECONDS = 0.5
-
-
-def lively(model, seed: int):
-    """Random weights with logits of order 1 and BatchNorm statistics from one batch: a fresh model's
-    near-constant outputs would make any export look exact."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.05 * torch.randn(param.shape, generator=gen))
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None
-        model.train()
-        model(parity_waveform(model.sample_rate, model.sample_rate, batch=4, seed=seed))
-    return model.eval()
 
 
 def make_ensemble(folder, members: list[tuple[str, dict, LabelSet]], weights_matter: bool = True):

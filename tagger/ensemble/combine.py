@@ -64,9 +64,10 @@ def combine_numpy(logits: np.ndarray, weights: Sequence[float], mode: str, task:
 
 
 def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
-    """Sigmoid or softmax, as `Tagger.probabilities` gives them."""
-    tensor = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-    return (torch.softmax(tensor, -1) if task == "multiclass" else torch.sigmoid(tensor)).numpy()
+    """runtime.probabilities (what `Tagger` gives) for arrays."""
+    from tagger.runtime import probabilities as of_tensor
+
+    return of_tensor(torch.from_numpy(np.asarray(logits, dtype=np.float32)), task).numpy()
 
 
 def learn_weights(logits: np.ndarray, targets: np.ndarray, task: str, steps: int = 300) -> list[float]:

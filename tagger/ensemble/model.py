@@ -42,6 +42,7 @@ class EnsembleModel(nn.Module):
         self.frontend = Waveform(sample_rate=self.rates[0])  # the identity: members run their own front-ends
         self.model_kwargs = {"members": [m.arch for m in members], "combine": combine,
                              "weights": [float(w) for w in weights]}
+        self.frame_level, self.frame_seconds = _frame_grid(members)
         policy = self.input_policy()
         if policy.max_samples is not None and policy.min_samples > policy.max_samples:
             raise TaggerError("the members take no common clip length (one needs longer clips than another "
@@ -55,22 +56,6 @@ class EnsembleModel(nn.Module):
     def num_classes(self) -> int:
         first = self.columns[0]
         return self.members[0].num_classes if first is None else len(first)
-
-    @property
-    def frame_level(self) -> bool:
-        """Frame outputs only when every member has them on the same time grid (else events come from windows)."""
-        from tagger.models import model_entry
-        from tagger.runtime import frame_seconds
-
-        if not all(model_entry(m.arch).frame_level for m in self.members):
-            return False
-        return len({round(frame_seconds(m), 9) for m in self.members}) == 1
-
-    @property
-    def frame_seconds(self) -> float:
-        from tagger.runtime import frame_seconds
-
-        return frame_seconds(self.members[0])
 
     def input_policy(self, rate: int | None = None):
         """The lengths every member accepts, in samples at `rate` (default: the primary rate)."""
@@ -122,3 +107,14 @@ class EnsembleModel(nn.Module):
     def forward_features(self, wave: Tensor) -> TaggerOutput:
         """The front-end is the identity, so features are the waveform (for export, which calls this)."""
         return self.forward(wave)
+
+
+def _frame_grid(members: Sequence[nn.Module]) -> tuple[bool, float]:
+    """(frame_level, frame_seconds): frame outputs only when every member has them on the same time grid (else
+    events come from windows)."""
+    from tagger.models import model_entry
+    from tagger.runtime import frame_seconds
+
+    steps = {round(frame_seconds(m), 9) for m in members} if all(
+        model_entry(m.arch).frame_level for m in members) else set()
+    return len(steps) == 1, frame_seconds(members[0])

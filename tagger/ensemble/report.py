@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -29,7 +29,6 @@ class Report:
     valid: str | None = None
     ensemble: float | None = None  # the ensemble's validation metric
     bn_clips: int | None = None  # clips used to re-estimate BatchNorm statistics
-    notes: list[str] = field(default_factory=list)
 
     @property
     def best_member(self) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,22 +288,3 @@ def member_rows(candidates: Sequence[Candidate], chosen: Sequence[int], weights:
     weight_of = dict(zip(chosen, weights, strict=True))
     return [MemberRow(c.source, c.arch, c.epoch, k in weight_of, weight_of.get(k, 0.0), c.value)
             for k, c in enumerate(candidates)]
-
-
-def waveform_batches(manifest, rate: int, seconds: float, batch_size: int,
-                     on_clip: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
-    """(B, S) float32 batches of the manifest's clips at `rate`, each cropped or zero-padded to `seconds`."""
-    from tagger import audio
-
-    length = round(seconds * rate)
-    examples = manifest.examples
-    starts = list(range(0, len(examples), batch_size))
-    if len(starts) > 1 and len(examples) - starts[-1] == 1:
-        starts.pop()  # no batch of one clip at the end (BatchNorm needs two values per channel): join the last
-    for begin, end in zip(starts, [*starts[1:], len(examples)], strict=True):
-        batch = []
-        for example in examples[begin:end]:
-            batch.append(audio.crop_or_pad(audio.load(example.path, rate), length))
-            if on_clip is not None:
-                on_clip()
-        yield torch.from_numpy(np.stack(batch))

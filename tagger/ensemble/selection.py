@@ -112,8 +112,5 @@ def metric_value(metric: str, targets: np.ndarray, probabilities: np.ndarray) ->
     """One validation number: accuracy (argmax), mAP or mAUC (mean over classes with positives)."""
     if metric == "accuracy":
         return metrics.accuracy(targets.argmax(axis=1), probabilities)
-    truth = targets > 0.5
-    values = metrics.average_precision(truth, probabilities) if metric == "mAP" else metrics.roc_auc(truth,
-                                                                                                      probabilities)
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if len(values) else float("nan")
+    per_class = metrics.average_precision if metric == "mAP" else metrics.roc_auc
+    return metrics.nanmean(per_class(targets > 0.5, probabilities))

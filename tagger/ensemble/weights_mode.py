@@ -3,7 +3,10 @@ ordinary checkpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
 
 from tagger.ensemble.report import Report
 from tagger.ensemble.run import (
@@ -14,7 +17,6 @@ from tagger.ensemble.run import (
     member_weights,
     model_tagger,
     score_tagger,
-    waveform_batches,
 )
 from tagger.ensemble.selection import Selection, choose, metric_value
 from tagger.errors import TaggerError
@@ -108,3 +110,22 @@ def _recalibrate(model, payload: dict, settings: EnsembleSettings, hooks: Hooks)
     model.cpu()
     hooks.log(f"BatchNorm statistics re-estimated on {clips} clips of {seconds:g} s")
     return clips
+
+
+def waveform_batches(manifest, rate: int, seconds: float, batch_size: int,
+                     on_clip: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
+    """(B, S) float32 batches of the manifest's clips at `rate`, each cropped or zero-padded to `seconds`."""
+    from tagger import audio
+
+    length = round(seconds * rate)
+    examples = manifest.examples
+    starts = list(range(0, len(examples), batch_size))
+    if len(starts) > 1 and len(examples) - starts[-1] == 1:
+        starts.pop()  # no batch of one clip at the end (BatchNorm needs two values per channel): join the last
+    for begin, end in zip(starts, [*starts[1:], len(examples)], strict=True):
+        batch = []
+        for example in examples[begin:end]:
+            batch.append(audio.crop_or_pad(audio.load(example.path, rate), length))
+            if on_clip is not None:
+                on_clip()
+        yield torch.from_numpy(np.stack(batch))

@@ -31,6 +31,7 @@ from tagger.fileio import atomic_path, atomic_write_json, atomic_write_text
 from tagger.frontends import KaldiFbank
 from tagger.labels import LabelSet
 from tagger.metrics import summarize
+from tagger.runtime import probabilities
 from tagger.training import distributed
 from tagger.training.config import TrainConfig, config_from_dict, read_recipe, to_toml
 from tagger.training.data import (
@@ -483,12 +484,9 @@ class Trainer:
         decision = None
         if self.main:
             logits, targets, valid_loss = result
-            if self.task == "multiclass":
-                scores = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-                metrics = summarize(targets.argmax(axis=1), scores, "multiclass")
-            else:
-                scores = torch.sigmoid(torch.from_numpy(logits)).numpy()  # no overflow warning on big logits
-                metrics = summarize(targets, scores, "multilabel")
+            scores = probabilities(torch.from_numpy(logits), self.task).numpy()  # no overflow warning (numpy exp)
+            truth = targets.argmax(axis=1) if self.task == "multiclass" else targets
+            metrics = summarize(truth, scores, self.task)
             row = {"epoch": round(state.epoch + fraction, 4), "step": state.step,
                    "train_loss": state.loss_sum / max(state.loss_count, 1), "valid_loss": valid_loss,
                    **{k: metrics.get(k, "") for k in self.columns if k in metrics},

@@ -54,9 +54,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _probabilities(model: Path, wav: Path, options: PredictOptions = PredictOptions(), fast: bool = False):
-    result = next(predict_files(Tagger.load(model, device="cpu", fast=fast), [wav], options))
-    return result
+def _predict(model: Path, wav: Path, options: PredictOptions = PredictOptions()):
+    """The FileResult of one file, scored by `predict_files` with the checkpoint or ensemble at `model`."""
+    return next(predict_files(Tagger.load(model, device="cpu"), [wav], options))
 
 
 def test_members_at_two_rates_give_exactly_the_weighted_mean_of_their_own_predictions(files):
@@ -65,18 +65,18 @@ def test_members_at_two_rates_give_exactly_the_weighted_mean_of_their_own_predic
     assert tagger.rates == (32000, 16000) and tagger.sample_rate == 32000 and not tagger.frame_level
     wave = tagger.read(files["clip"])  # decoded once, resampled to each rate exactly as each member alone reads it
     assert all(np.array_equal(w, audio.load(files["clip"], r)) for w, r in zip(wave, tagger.rates, strict=True))
-    got = _probabilities(ensemble, files["clip"])
-    alone = [_probabilities(files[name], files["clip"]).probabilities for name in ("mn_a", "ast")]
+    got = _predict(ensemble, files["clip"])
+    alone = [_predict(files[name], files["clip"]).probabilities for name in ("mn_a", "ast")]
     np.testing.assert_allclose(got.probabilities, 0.7 * alone[0] + 0.3 * alone[1], atol=1e-6)
-    sizes = [_probabilities(files[name], files["clip"]).embedding.shape[0] for name in ("mn_a", "ast")]
+    sizes = [_predict(files[name], files["clip"]).embedding.shape[0] for name in ("mn_a", "ast")]
     assert got.embedding.shape == (sum(sizes),)  # the members' embeddings side by side
 
 
 def test_labels_are_matched_by_id_and_mean_logit_averages_logits(files):
     ensemble = _ensemble(files["folder"] / "perm.pt", [files["mn_a"], files["mn_b"]], [0.5, 0.5], "mean-logit")
-    got = _probabilities(ensemble, files["clip"])
-    a = _probabilities(files["mn_a"], files["clip"]).logits
-    b = _probabilities(files["mn_b"], files["clip"]).logits[[PERMUTED.index(i) for i in LABELS.ids]]
+    got = _predict(ensemble, files["clip"])
+    a = _predict(files["mn_a"], files["clip"]).logits
+    b = _predict(files["mn_b"], files["clip"]).logits[[PERMUTED.index(i) for i in LABELS.ids]]
     np.testing.assert_allclose(got.logits, (a + b) / 2, atol=1e-5)
     assert not np.allclose(a, b, atol=1e-2)  # the members really differ
 
@@ -84,8 +84,8 @@ def test_labels_are_matched_by_id_and_mean_logit_averages_logits(files):
 def test_windows_are_read_per_rate_and_aggregate_like_the_members(files):
     ensemble = _ensemble(files["folder"] / "windows.pt", [files["mn_a"], files["ast"]], [0.5, 0.5])
     options = PredictOptions(window=0.8, hop=0.4, per_window=True)
-    got = _probabilities(ensemble, files["long"], options)
-    alone = [_probabilities(files[name], files["long"], options) for name in ("mn_a", "ast")]
+    got = _predict(ensemble, files["long"], options)
+    alone = [_predict(files[name], files["long"], options) for name in ("mn_a", "ast")]
     assert [w.start for w in got.windows] == [w.start for w in alone[0].windows] == [w.start for w in alone[1].windows]
     np.testing.assert_allclose(got.probabilities, (alone[0].probabilities + alone[1].probabilities) / 2, atol=1e-6)
 
