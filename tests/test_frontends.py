@@ -154,7 +154,10 @@ def test_kaldi_presets_equal_official_loader_fixture(name, preset):
     source = data["source_waveform"]
     with torch.inference_mode():
         ours = build_frontend(preset)(source)  # the preset removes the clip mean, as the AST/PSLA loaders do
-    torch.testing.assert_close(ours, data["input"].transpose(1, 2), rtol=0, atol=1e-5)
+    # Recorded on an AMD EPYC. On an Intel Xeon the official torchaudio fbank itself moves by up to 7e-4 from the
+    # recording (the FFT's rounding, through the log of near-empty low bands) while ours stays within 1.2e-7 of
+    # torchaudio there (test_kaldi_fbank_equals_torchaudio): recordings are held to the parity README's 1e-3.
+    torch.testing.assert_close(ours, data["input"].transpose(1, 2), rtol=0, atol=1e-3)
 
 
 def test_fit_frames_and_normalize_helpers():
@@ -188,7 +191,10 @@ def test_passt_equals_official_fixture(name):
     assert kwargs.get("fmax") is None and kwargs["n_mels"] == 128 and kwargs["win_length"] == 800
     with torch.inference_mode():
         ours = PasstMel().eval()(data["input"])
-    torch.testing.assert_close(ours, data["outputs"]["mel"], rtol=0, atol=1e-5)
+    # Recorded on an AMD EPYC; on an Intel Xeon the FFT's rounding moves the mel by up to 8.3e-5 (the parity README
+    # measures 1.1e-4 for an input change of 1e-6), so recordings are held to 2e-4; test_passt_equals_per_clip_reference
+    # checks the recipe tightly on this machine.
+    torch.testing.assert_close(ours, data["outputs"]["mel"], rtol=0, atol=2e-4)
 
 
 def test_passt_equals_per_clip_reference():

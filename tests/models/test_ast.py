@@ -366,8 +366,11 @@ def test_parity_with_official(fixture, arch, waveform):
         out = model.forward_features(fx["input"].transpose(1, 2))
         full = model(fx["source_waveform"]) if waveform else out
     # Measured: fbank 1.2e-7 (both); tiny logits 4.8e-7, embedding 1.7e-6 (waveform path 8.3e-7, 1.3e-6);
-    # base384 logits 1.7e-6, embedding 1.2e-6.
-    torch.testing.assert_close(spec, fx["input"].transpose(1, 2), rtol=0, atol=1e-4)
+    # base384 logits 1.7e-6, embedding 1.2e-6. The fbank was recorded on an AMD EPYC; on an Intel Xeon the
+    # official torchaudio fbank itself differs from the recording by 1.8e-4 (the FFT's rounding, through the log
+    # of a near-empty low band), while ours equals torchaudio's there to 1.2e-7 (tests/test_frontends.py): the
+    # front-end is held to the recording at the parity README's 1e-3 for front-end outputs.
+    torch.testing.assert_close(spec, fx["input"].transpose(1, 2), rtol=0, atol=1e-3)
     for result in (out, full):
         torch.testing.assert_close(result.logits, expected["logits"], rtol=0, atol=1e-4)
         torch.testing.assert_close(result.embedding, expected["embedding"], rtol=0, atol=1e-4)

@@ -227,8 +227,9 @@ def test_parity_with_official(fixture, arch):
         single = model.forward_features(expected["mel"][1:])
         full = model(fx["input"])
     # Measured: mel 2.4e-7; network on the official mel 0 (bit-exact); full waveform path 5.7e-7 (logits).
-    torch.testing.assert_close(mel, expected["mel"], rtol=0, atol=1e-5)
-    for out, atol in ((on_mel, 1e-5), (full, 1e-5)):
+    torch.testing.assert_close(mel, expected["mel"], rtol=0, atol=2e-4)  # across CPUs: see test_frontends.py
+    # The full path starts from this machine's mel; 5e-5 is the parity README's MobileNet sensitivity to rounding.
+    for out, atol in ((on_mel, 1e-5), (full, 5e-5)):
         torch.testing.assert_close(out.logits, expected["logits"], rtol=1e-4, atol=atol)
         torch.testing.assert_close(out.embedding, expected["embedding"], rtol=1e-4, atol=atol)
     torch.testing.assert_close(single.logits, expected["logits"][1:], rtol=1e-4, atol=1e-5)

@@ -368,7 +368,7 @@ def test_parity_eval(official):
         mel = model.frontend(fx["input"])
         on_mel = model.forward_features(expected["mel"])
         full = model(fx["input"][1:])
-    torch.testing.assert_close(mel, expected["mel"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(mel, expected["mel"], rtol=0, atol=2e-4)  # across CPUs: see test_frontends.py
     for out, rows in ((on_mel, slice(None)), (full, slice(1, 2))):
         torch.testing.assert_close(out.logits, expected["logits"][rows], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out.embedding, expected["embedding"][rows], rtol=1e-4, atol=1e-5)

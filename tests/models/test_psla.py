@@ -314,6 +314,6 @@ def test_parity_with_official_fixture(name, arch):
 
         # The psla-audioset front-end removes each clip's mean first, as the official loader does.
         spec = model.frontend(fx["source_waveform"])
-        assert (spec - fx["input"].transpose(1, 2)).abs().max() <= 1e-4
+        assert (spec - fx["input"].transpose(1, 2)).abs().max() <= 1e-3  # across CPUs: see test_frontends.py
         full = model.forward_features(spec)  # == model(wave)
         assert (torch.sigmoid(full.logits) - expected["clipwise_output"]).abs().max() <= 1e-4
