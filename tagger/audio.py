@@ -286,31 +286,37 @@ def _stream_blocks(handle: sf.SoundFile, path: Path, sample_rate: int, block_sec
             return
 
 
+LAST_WINDOWS = ("pad", "short", "none")
+
+
 def iter_windows(path, sample_rate: int, window_seconds: float, hop_seconds: float,
-                 block_seconds: float = 30.0, pad_last: bool = True) -> Iterator[tuple[float, np.ndarray]]:
+                 block_seconds: float = 30.0, last: str = "pad") -> Iterator[tuple[float, np.ndarray]]:
     """(start seconds, mono float32 window) every hop, equal to slicing `load(path, sample_rate)`.
 
-    Built on `iter_blocks` with a buffer of at most a window plus a block. With `pad_last` a final window,
-    zero-padded, covers the tail the full windows miss (a file shorter than a window gives one padded window).
+    Built on `iter_blocks` with a buffer of at most a window plus a block. A final window covers the tail the
+    full windows miss (a file shorter than a window gives one): zero-padded to the window with last="pad", the
+    audio that is left with "short" (so a model can take it as the short clip it is), none with "none".
     """
     _check_rate(sample_rate, "sample_rate")
     window = _seconds_to_samples(window_seconds, sample_rate, "window_seconds")
     hop = _seconds_to_samples(hop_seconds, sample_rate, "hop_seconds")
-    yield from _windows(iter_blocks(path, sample_rate, block_seconds, mono=True), sample_rate, window, hop, pad_last)
+    yield from _windows(iter_blocks(path, sample_rate, block_seconds, mono=True), sample_rate, window, hop, last)
 
 
 def array_windows(wave: np.ndarray, sample_rate: int, window_seconds: float, hop_seconds: float,
-                  pad_last: bool = True) -> Iterator[tuple[float, np.ndarray]]:
+                  last: str = "pad") -> Iterator[tuple[float, np.ndarray]]:
     """`iter_windows` over a mono waveform already in memory (e.g. a clip cropped to a fixed length)."""
     _check_rate(sample_rate, "sample_rate")
     window = _seconds_to_samples(window_seconds, sample_rate, "window_seconds")
     hop = _seconds_to_samples(hop_seconds, sample_rate, "hop_seconds")
     yield from _windows(_slice_blocks(np.asarray(wave, dtype=np.float32), max(window, hop)), sample_rate, window,
-                        hop, pad_last)
+                        hop, last)
 
 
 def _windows(blocks: Iterator[np.ndarray], sample_rate: int, window: int, hop: int,
-             pad_last: bool) -> Iterator[tuple[float, np.ndarray]]:
+             last: str) -> Iterator[tuple[float, np.ndarray]]:
+    if last not in LAST_WINDOWS:
+        raise TaggerError(f"last window {last!r} is not one of {', '.join(LAST_WINDOWS)}")
     buffer = np.zeros(0, dtype=np.float32)
     start = 0  # sample index of buffer[0] in the whole file
     skip = 0  # samples still to drop when the hop is longer than the window
@@ -325,8 +331,8 @@ def _windows(blocks: Iterator[np.ndarray], sample_rate: int, window: int, hop: i
             step = min(hop, buffer.size)
             buffer, start, skip = buffer[step:], start + hop, hop - step
     # Anything left in the buffer lies past the last full window's end (or there was no full window).
-    if pad_last and buffer.size and (not emitted or hop + buffer.size > window):
-        yield start / sample_rate, crop_or_pad(buffer, window)
+    if last != "none" and buffer.size and (not emitted or hop + buffer.size > window):
+        yield start / sample_rate, crop_or_pad(buffer, window) if last == "pad" else buffer[:window].copy()
 
 
 def _seconds_to_samples(seconds: float, sample_rate: int, name: str) -> int:

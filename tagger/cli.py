@@ -61,6 +61,15 @@ SplitOption = Annotated[str | None, typer.Option(help="FSD50K dev.csv split: tra
 ManifestFormatOption = Annotated[str, typer.Option(help="Manifest format, or auto.")]
 ModelOption = Annotated[Path | None, typer.Option(help="Tagger checkpoint or ensemble (.pt); default: $TAGGER_MODEL.")]
 AudioDirOption = Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")]
+ShortInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips under 5.12 s: tile (official inference) or "
+                                                      "stretch (official evaluation); default: the checkpoint's.")]
+LongInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips over 10.24 s: windows, or crops (the official "
+                                                     "evaluation's averaged crops, up to 20.5 s).")]
+
+
+def _inputs(short_input: str | None, long_input: str | None = None) -> dict[str, str | None]:
+    """Per-call clip-length settings for Tagger / export (None keeps the checkpoint's)."""
+    return {"short_input": short_input, "long_input": long_input}
 
 
 def _check_format(fmt: str) -> None:
@@ -338,6 +347,8 @@ def predict_command(
     min_gap: Annotated[float, typer.Option(help="Merge same-label events closer than this (seconds).")] = 0.0,
     plot: Annotated[Path | None, typer.Option(help="PNG heat-map of the top classes over time.")] = None,
     embeddings: Annotated[str | None, typer.Option(help="Write embeddings: a .npy/.npz file, or 'json'.")] = None,
+    short_input: ShortInputOption = None,
+    long_input: LongInputOption = None,
 ) -> None:
     """Tag audio files, folders and long recordings; events with --events, windows with --window."""
     from tagger import console
@@ -350,7 +361,7 @@ def predict_command(
         summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
                               window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,
                               onset=onset_threshold, offset=offset_threshold, min_duration=min_duration,
-                              min_gap=min_gap)
+                              min_gap=min_gap, input_settings=_inputs(short_input, long_input))
     except KeyboardInterrupt:
         kept = "" if output is None else f"; {output} was left as it was"
         console.log(f"interrupted after {sink.count} files{kept}")
@@ -388,6 +399,8 @@ def evaluate_command(
     audio_dir: AudioDirOption = None,
     on_error: Annotated[str, typer.Option(help="Missing/unreadable audio: fail, or skip (listed on stderr).")
                         ] = "fail",
+    short_input: ShortInputOption = None,
+    long_input: LongInputOption = None,
 ) -> None:
     """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class."""
     _check_format(fmt)
@@ -401,7 +414,8 @@ def evaluate_command(
     from tagger.evaluate import evaluate
     from tagger.runtime import Tagger
 
-    tagger = Tagger.load(model, device=device, precision=precision)
+    tagger = Tagger.load(model, device=device, precision=precision,
+                         input_settings=_inputs(short_input, long_input))
     notes: list[str] = []
 
     def note(path: Path, text: str) -> None:
@@ -447,6 +461,7 @@ def export_command(
                                         "is within 1e-4.")] = True,
     result_fmt: Annotated[str, typer.Option("--result-format", help="Result format: table, json or csv.")
                           ] = "table",
+    short_input: ShortInputOption = None,
 ) -> None:
     """Export a checkpoint to ONNX, TorchScript or safetensors, checked against PyTorch before it is kept."""
     from tagger import console
@@ -456,7 +471,8 @@ def export_command(
     if result_fmt not in OUTPUT_FORMATS:
         raise TaggerError(f"--result-format {result_fmt!r} is not one of {', '.join(OUTPUT_FORMATS)}")
     report = export_model(model, export_format, out, seconds=seconds, opset=DEFAULT_OPSET if opset is None else opset,
-                          check=check, separate_frontend=separate_frontend)
+                          check=check, separate_frontend=separate_frontend,
+                          input_settings=_inputs(short_input))
     for note in report.notes:
         console.log(f"note: {note}")
     console.render([report.row()], result_fmt, title="export")

@@ -467,6 +467,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     check: bool = True,
     separate_frontend: bool = False,
+    input_settings: dict[str, str | None] | None = None,
 ) -> ExportReport:
     """Export a tagger checkpoint to `fmt` at `out_path`, atomically, after checking it against PyTorch.
 
@@ -477,6 +478,7 @@ def export_model(
     A prediction ensemble (tagger ensemble) exports as onnx or torchscript when its members share one sample
     rate: one graph with every member's front-end inside, their combination and the concatenated embedding.
     `seconds` sets the export and check length (default: 10 s, or the length the model pads or crops to).
+    `input_settings` changes how the model takes clips of other lengths before export (HTS-AT's short_input).
     With check, the written files are run on test waveforms; a logit more than TOLERANCE from PyTorch
     removes them and raises TaggerError. Existing files at the output paths are replaced only on success.
     """
@@ -498,17 +500,35 @@ def export_model(
     if fmt == "safetensors":
         _require("safetensors", "safetensors")
     model, meta = load_model(checkpoint_path)
+    if input_settings:
+        model.configure_inputs(**input_settings)
+    notes = _one_pass(model)
     if _members(model):
         _check_ensemble(model, fmt, separate_frontend)
     plan = _plan(model, graph_frontend(model.frontend), seconds)
     try:
         if fmt == "onnx":
-            return _export_onnx(model, meta, plan, out_path, opset, check, separate_frontend)
-        if fmt == "torchscript":
-            return _export_torchscript(model, meta, plan, out_path, check)
-        return _export_safetensors(model, meta, plan, out_path, check)
+            report = _export_onnx(model, meta, plan, out_path, opset, check, separate_frontend)
+        elif fmt == "torchscript":
+            report = _export_torchscript(model, meta, plan, out_path, check)
+        else:
+            report = _export_safetensors(model, meta, plan, out_path, check)
     except OSError as error:  # a full disk, a folder made read-only meanwhile: the temp files are gone
         raise TaggerError(f"--out {out_path}: cannot write ({error.strerror or error})") from None
+    report.notes[:0] = notes
+    return report
+
+
+def _one_pass(model: nn.Module) -> list[str]:
+    """A graph scores what the network takes in one pass: HTS-AT's official crops of long inputs (a loop whose
+    length depends on the input) are left to the caller's windows instead."""
+    notes = []
+    for each in [model, *_members(model)]:
+        if getattr(each, "long_input", None) == "crops":
+            each.configure_inputs(long_input="windows")
+            notes.append(f"{each.arch}: long_input=crops is not exported; the graph takes up to "
+                         f"{each.max_input_frames} frames, so cut longer audio into windows")
+    return notes
 
 
 def _members(model: nn.Module) -> list[nn.Module]:
@@ -611,7 +631,8 @@ def _axis_range(program, axis: int) -> tuple[int, int | None] | None:
 
 def _other_length(plan: _Plan, shape: _Input) -> int:
     """A second length to check a dynamic axis at: 1.5 times the export length, or 0.6 times when the input
-    has a maximum (a time embedding's span) or would pass it."""
+    has a maximum (a time embedding's span) or would pass it. A quarter of the export length is checked too
+    (`_other_lengths`): models that take short clips their own way (HTS-AT tiles them) run another path there."""
     longer = int(plan.samples * 1.5)
     if shape.max_samples is None or longer <= shape.max_samples:
         return longer
@@ -619,16 +640,20 @@ def _other_length(plan: _Plan, shape: _Input) -> int:
 
 
 def _check_waves(rate: int, plan: _Plan, shape: _Input) -> list[Tensor]:
-    """The export-length batch of 2, then batch 3 when the batch is dynamic and one clip of another length
-    when the length is (a batch of one, the other size exporters are known to special-case)."""
+    """The export-length batch of 2, then batch 3 when the batch is dynamic, and when the length is, clips of the
+    other lengths (a batch of one, the other size exporters are known to special-case)."""
     waves = [parity_waveform(rate, plan.samples, batch=2)]
     if shape.batch is None:
         waves.append(parity_waveform(rate, plan.samples, batch=3, seed=1))
     if shape.samples is None:
-        other = _other_length(plan, shape)
-        if other != plan.samples:
-            waves.append(parity_waveform(rate, other, batch=1 if shape.batch is None else shape.batch, seed=2))
+        waves += [parity_waveform(rate, other, batch=shape.batch or 1, seed=2) for other in _other_lengths(plan, shape)]
     return waves
+
+
+def _other_lengths(plan: _Plan, shape: _Input) -> list[int]:
+    """The lengths besides the export length that a dynamic length axis must also be right at."""
+    lengths = dict.fromkeys((_other_length(plan, shape), max(shape.min_samples, plan.samples // 4)))
+    return [length for length in lengths if length != plan.samples]
 
 
 def _reference(model: nn.Module, task: str, wave: Tensor) -> tuple[Tensor, ...]:
@@ -867,9 +892,9 @@ def _export_torchscript(model, meta, plan: _Plan, out_path: Path, check: bool) -
     shape = _Input(None, None, plan.min_samples, plan.max_samples)
     if not _traced_matches(traced, model, task, parity_waveform(rate, plan.samples, batch=3, seed=1)):
         shape.batch = 2
-    other = _other_length(plan, shape)
-    wave = parity_waveform(rate, other, batch=shape.batch or 1, seed=2)
-    if other == plan.samples or not _traced_matches(traced, model, task, wave):
+    others = _other_lengths(plan, shape)
+    if not others or not all(_traced_matches(traced, model, task, parity_waveform(rate, length, batch=shape.batch or 1,
+                                                                                  seed=2)) for length in others):
         shape = shape.pin(plan)
     extra = {"tagger.input": shape.spec(), "tagger.outputs": names, "tagger.frontend_in_graph": True,
              "tagger.export_seconds": plan.samples / rate}

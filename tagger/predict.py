@@ -28,7 +28,7 @@ AGGREGATES = ("mean", "max")
 WHOLE_FILE_SECONDS = 120.0  # longer files are windowed even for fully convolutional models, to bound memory
 LONG_WINDOW = (10.0, 5.0)  # window and hop for those files
 EVENT_WINDOW = (2.0, 0.5)  # window and hop giving clip-level models a time axis for --events
-AUTO_HOP_FRACTION = 0.25  # hop = window / 4 when a file is cut to the model's own window (as hear21passt)
+AUTO_HOP_FRACTION = 0.25  # hop = window / 4 when a file is cut to the model's own window (hear21passt's scene hop too)
 TIMELINE_COLUMNS = 4000  # the plotted timeline is max-pooled to at most this many columns
 
 
@@ -338,28 +338,35 @@ class _Track:
         self.pooler = _Pooler(max(1, pool)) if options.timeline else None
 
     def add(self, batch: list[tuple[float, Wave]]) -> None:
-        scores = self.tagger(self.tagger.stack([self.tagger.pad(wave) for _, wave in batch]),
-                             frames=self.options.wants_time)
-        for row, (start, _) in enumerate(batch):
-            probs, embedding = scores.probabilities[row], scores.embedding[row]
-            self.count += 1
-            self.total += probs
-            self.logit_total += scores.logits[row]
-            np.maximum(self.peak, probs, out=self.peak)
-            if self.embedding_total is None:  # the embedding size is known from the first window
-                self.embedding_total = np.zeros(embedding.shape, np.float64)
-            self.embedding_total += embedding
-            if self.options.per_window:
-                end = min(start + self.window, self.duration)
-                self.windows.append(WindowResult(start, end, probs, embedding))
-            if self.stitcher is not None:
-                if scores.frame_probabilities is not None:
-                    frames = scores.frame_probabilities[row]
-                    inside = max(1, math.ceil((self.duration - start) / self.frame_step))
-                    frames = frames[:inside]
-                else:
-                    frames = np.repeat(probs[None], self.cells, axis=0)
-                self._timeline(self.stitcher.add(start, frames))
+        """Score windows in start order; the shorter last window gets a forward pass of its own."""
+        waves = [self.tagger.pad(wave) for _, wave in batch]
+        lengths = [self.tagger.length(wave) for wave in waves]
+        for length in dict.fromkeys(lengths):  # only the last window can differ, so start order is kept
+            rows = [i for i, other in enumerate(lengths) if other == length]
+            scores = self.tagger(self.tagger.stack([waves[i] for i in rows]), frames=self.options.wants_time)
+            for row, i in enumerate(rows):
+                self._add_window(batch[i][0], scores, row)
+
+    def _add_window(self, start: float, scores, row: int) -> None:
+        probs, embedding = scores.probabilities[row], scores.embedding[row]
+        self.count += 1
+        self.total += probs
+        self.logit_total += scores.logits[row]
+        np.maximum(self.peak, probs, out=self.peak)
+        if self.embedding_total is None:  # the embedding size is known from the first window
+            self.embedding_total = np.zeros(embedding.shape, np.float64)
+        self.embedding_total += embedding
+        if self.options.per_window:
+            end = min(start + self.window, self.duration)
+            self.windows.append(WindowResult(start, end, probs, embedding))
+        if self.stitcher is not None:
+            if scores.frame_probabilities is not None:
+                frames = scores.frame_probabilities[row]
+                inside = max(1, math.ceil((self.duration - start) / self.frame_step))
+                frames = frames[:inside]
+            else:
+                frames = np.repeat(probs[None], self.cells, axis=0)
+            self._timeline(self.stitcher.add(start, frames))
 
     def _timeline(self, frames: np.ndarray) -> None:
         if not len(frames):

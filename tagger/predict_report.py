@@ -224,7 +224,7 @@ class PredictSummary:
 def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precision: str = "fp32",
                 batch_size: int = 8, window=None, hop=None, aggregate: str = "mean", per_window: bool = False,
                 events: bool = False, onset: float = 0.5, offset=None, min_duration: float = 0.1,
-                min_gap: float = 0.0) -> PredictSummary:
+                min_gap: float = 0.0, input_settings=None) -> PredictSummary:
     """What `tagger predict` does: expand inputs, load the model, score with a progress bar, write via `sink`."""
     from tagger import console
     from tagger.events import EventRule
@@ -240,7 +240,7 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
     failed = len(problems)
     if not files:
         return PredictSummary(0, failed)
-    tagger = Tagger.load(model, device=device, precision=precision)
+    tagger = Tagger.load(model, device=device, precision=precision, input_settings=input_settings)
     sink.start(tagger.labels, len(files))
 
     def on_error(problem) -> None:

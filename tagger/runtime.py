@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -109,9 +109,13 @@ class Tagger:
     """
 
     def __init__(self, model, labels: LabelSet, task: str, device: str = "auto", precision: str = "fp32",
-                 fast: bool = True, source: str = ""):
+                 fast: bool = True, source: str = "", input_settings: Mapping[str, str | None] | None = None):
+        """input_settings: per-call choices of how clips of other lengths are taken, e.g. {"short_input": "stretch"} for
+        HTS-AT (`model.input_settings`); None keeps the checkpoint's own."""
         if precision not in PRECISIONS:
             raise TaggerError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if input_settings:
+            model.configure_inputs(**input_settings)
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.labels, self.task, self.precision, self.source = labels, task, precision, source
@@ -124,12 +128,14 @@ class Tagger:
         self._shape_uses: Counter = Counter()
 
     @classmethod
-    def load(cls, path: str | Path | None, device: str = "auto", precision: str = "fp32", fast: bool = True) -> Tagger:
+    def load(cls, path: str | Path | None, device: str = "auto", precision: str = "fp32", fast: bool = True,
+             input_settings: Mapping[str, str | None] | None = None) -> Tagger:
         from tagger.checkpoint import load_model
 
         path = default_checkpoint() if path is None else Path(path)
         model, meta = load_model(path)
-        return cls(model, meta["labels"], meta.get("task", "multilabel"), device, precision, fast, str(path))
+        return cls(model, meta["labels"], meta.get("task", "multilabel"), device, precision, fast, str(path),
+                   input_settings)
 
     @property
     def sample_rate(self) -> int:
@@ -169,7 +175,13 @@ class Tagger:
         return tuple(audio.resample(native, rate, r) for r in self.rates)
 
     def crop(self, wave: Wave, seconds: float) -> Wave:
-        """Crop or zero-pad to `seconds` from the start (evaluation protocols)."""
+        """Crop or zero-pad to `seconds` from the start (evaluation protocols).
+
+        A model whose front-end pads to a fixed frame count itself (AST, PSLA) is only cropped: the official
+        loaders pad the fbank, where padded frames are -mean / std, not the log of silence."""
+        fixed = getattr(getattr(self.model.frontend, "config", None), "target_length", None) is not None
+        if fixed:
+            return self._each(wave, lambda w, rate: w[..., : round(seconds * rate)])
         return self._each(wave, lambda w, rate: audio.crop_or_pad(w, round(seconds * rate)))
 
     def pad(self, wave: Wave) -> Wave:
@@ -191,25 +203,29 @@ class Tagger:
         return tuple(np.stack([w[k] for w in waves]) for k in range(len(self.rates)))
 
     def windows(self, path, window: float, hop: float, block_seconds: float) -> Iterator[tuple[float, Wave]]:
-        """(start, wave) every hop, streamed: each rate reads the file once, in blocks."""
+        """(start, wave) every hop, streamed: each rate reads the file once, in blocks. The window that runs past
+        the end holds only the audio that is left, so the model takes it by its own short-clip rule (AST/PSLA pad
+        the fbank, HTS-AT tiles or stretches) instead of scoring digital silence."""
         if not self.multirate:
-            yield from audio.iter_windows(path, self.sample_rate, window, hop, block_seconds)
+            yield from audio.iter_windows(path, self.sample_rate, window, hop, block_seconds, last="short")
             return
-        yield from self._zip_windows([audio.iter_windows(path, r, window, hop, block_seconds) for r in self.rates],
-                                     window)
+        yield from self._zip_windows([audio.iter_windows(path, r, window, hop, block_seconds, last="short")
+                                      for r in self.rates])
 
     def array_windows(self, wave: Wave, window: float, hop: float) -> Iterator[tuple[float, Wave]]:
         if not self.multirate:
-            yield from audio.array_windows(wave, self.sample_rate, window, hop)
+            yield from audio.array_windows(wave, self.sample_rate, window, hop, last="short")
             return
-        yield from self._zip_windows([audio.array_windows(w, r, window, hop) for w, r in zip(wave, self.rates,
-                                                                                            strict=True)], window)
+        yield from self._zip_windows([audio.array_windows(w, r, window, hop, last="short")
+                                      for w, r in zip(wave, self.rates, strict=True)])
 
-    def _zip_windows(self, streams: list, window: float) -> Iterator[tuple[float, Wave]]:
-        """One window per rate at each start; a rate whose rounding gives one window fewer gets silence there."""
+    def _zip_windows(self, streams: list) -> Iterator[tuple[float, Wave]]:
+        """One window per rate at each start; a rate whose rounding gives one window fewer gets silence there, as
+        long as the other rates' window."""
         for items in zip_longest(*streams):
-            start = next(item[0] for item in items if item is not None)
-            yield start, tuple(item[1] if item is not None else np.zeros(round(window * rate), np.float32)
+            start, seconds = next((item[0], item[1].size / rate) for item, rate in zip(items, self.rates, strict=True)
+                                  if item is not None)
+            yield start, tuple(item[1] if item is not None else np.zeros(round(seconds * rate), np.float32)
                                for item, rate in zip(items, self.rates, strict=True))
 
     def _each(self, wave: Wave, change: Callable[[np.ndarray, int], np.ndarray]) -> Wave:

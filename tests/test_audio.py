@@ -192,42 +192,50 @@ def test_iter_blocks_stereo(tmp_path):
     assert np.allclose(joined, audio.load(path, 16000, mono=False), atol=1e-5)
 
 
-def expected_windows(wave: np.ndarray, window: int, hop: int, pad_last: bool) -> list[int]:
-    """Window starts by the definition: every hop while a full window fits, then one padded if needed."""
+def expected_windows(wave: np.ndarray, window: int, hop: int, last: str) -> list[int]:
+    """Window starts by the definition: every hop while a full window fits, then one for the tail if needed."""
     starts = list(range(0, wave.size - window + 1, hop))
     covered = starts[-1] + window if starts else 0
     following = starts[-1] + hop if starts else 0
-    if pad_last and covered < wave.size and following < wave.size:
+    if last != "none" and covered < wave.size and following < wave.size:
         starts.append(following)
     return starts
 
 
 @pytest.mark.parametrize(("window_s", "hop_s", "block_s"),
                          [(1.0, 0.5, 0.7), (1.0, 1.0, 3.0), (0.5, 0.8, 0.3), (2.0, 0.25, 0.1)])
-@pytest.mark.parametrize("pad_last", [True, False])
-def test_iter_windows_equal_slicing(tmp_path, window_s, hop_s, block_s, pad_last):
+@pytest.mark.parametrize("last", audio.LAST_WINDOWS)
+def test_iter_windows_equal_slicing(tmp_path, window_s, hop_s, block_s, last):
     rate = 16000
     path = write_wav(tmp_path / "a.wav", tone(4.3, 44100), 44100)
     wave = audio.load(path, rate)
     window, hop = round(window_s * rate), round(hop_s * rate)
-    got = list(audio.iter_windows(path, rate, window_s, hop_s, block_s, pad_last=pad_last))
-    starts = expected_windows(wave, window, hop, pad_last)
+    starts = expected_windows(wave, window, hop, last)
+
+    def expected(start: int) -> np.ndarray:
+        return audio.crop_or_pad(wave[start:], window) if last == "pad" else wave[start:start + window]
+
+    got = list(audio.iter_windows(path, rate, window_s, hop_s, block_s, last=last))
     assert [round(t * rate) for t, _ in got] == starts
     for (_, win), start in zip(got, starts, strict=True):
-        assert win.shape == (window,) and win.dtype == np.float32
-        assert np.allclose(win, audio.crop_or_pad(wave[start:], window), atol=1e-5)
-    in_memory = list(audio.array_windows(wave, rate, window_s, hop_s, pad_last=pad_last))
+        assert win.shape == expected(start).shape and win.dtype == np.float32
+        assert np.allclose(win, expected(start), atol=1e-5)
+    in_memory = list(audio.array_windows(wave, rate, window_s, hop_s, last=last))
     assert [round(t * rate) for t, _ in in_memory] == starts
     for (_, win), start in zip(in_memory, starts, strict=True):
-        assert np.array_equal(win, audio.crop_or_pad(wave[start:], window))
+        assert np.array_equal(win, expected(start))
 
 
-def test_iter_windows_last_window_padded(tmp_path):
+def test_iter_windows_last_window_padded_or_short(tmp_path):
     path = write_wav(tmp_path / "a.wav", tone(2.5, 8000), 8000)
     got = list(audio.iter_windows(path, 8000, 1.0, 1.0))
     assert [t for t, _ in got] == [0.0, 1.0, 2.0]
     assert got[-1][1][:4000].all() and not got[-1][1][4000:].any()
-    assert len(list(audio.iter_windows(path, 8000, 1.0, 1.0, pad_last=False))) == 2
+    short = list(audio.iter_windows(path, 8000, 1.0, 1.0, last="short"))
+    assert [w.size for _, w in short] == [8000, 8000, 4000] and np.array_equal(short[-1][1], got[-1][1][:4000])
+    assert len(list(audio.iter_windows(path, 8000, 1.0, 1.0, last="none"))) == 2
+    with pytest.raises(TaggerError, match="last window 'keep'"):
+        list(audio.iter_windows(path, 8000, 1.0, 1.0, last="keep"))
 
 
 def test_iter_windows_short_file_gives_one_padded_window(tmp_path):
@@ -235,7 +243,9 @@ def test_iter_windows_short_file_gives_one_padded_window(tmp_path):
     (start, win), = audio.iter_windows(path, 8000, 1.0, 0.5)
     assert start == 0.0 and win.shape == (8000,)
     assert np.array_equal(win, audio.crop_or_pad(audio.load(path), 8000))
-    assert list(audio.iter_windows(path, 8000, 1.0, 0.5, pad_last=False)) == []
+    assert list(audio.iter_windows(path, 8000, 1.0, 0.5, last="none")) == []
+    (_, whole), = audio.iter_windows(path, 8000, 1.0, 0.5, last="short")
+    assert np.array_equal(whole, audio.load(path))
 
 
 def test_iter_windows_long_file(tmp_path):

@@ -296,6 +296,7 @@ def test_cli_skip_lists_files_on_stderr(setup, tmp_path):
         (["{small}", "--on-error", "ignore"], "--on-error 'ignore'"),
         (["{small}", "--format", "yaml"], "--format 'yaml'"),
         (["{small}", "--clip-seconds", "-1"], "--clip-seconds"),
+        (["{small}", "--long-input", "crops"], "--long-input does not apply"),
     ],
 )
 def test_cli_user_errors_are_one_line(setup, args, message):

@@ -27,7 +27,9 @@ TINY = {
     "panns-leenet11": ({}, 1.0),  # waveform
     "efficientat-mn01": ({}, 1.0),  # passt-mel
     "ast-tiny224": ({"input_tdim": 100}, None),  # kaldi-fbank, padded / cropped to 100 frames
-    "htsat-tiny": ({"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4]}, 2.0),  # frame output
+    # frame output; tiled as imported official checkpoints are: exported at 6 s (one copy), the graph must still
+    # tile the 1.5 s check clip (6 copies)
+    "htsat-tiny": ({"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4], "short_input": "tile"}, 6.0),
     "passt-s-p16-s10": ({"embed_dim": 64, "depth": 1, "num_heads": 2}, 2.0),
 }
 
@@ -192,7 +194,8 @@ def test_onnx_falls_back_to_fewer_dynamic_axes(ckpt_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "_check_onnx", pretend_other_shapes_fail)
     report = export_model(make_checkpoint(ckpt_dir, "panns-leenet11"), "onnx", tmp_path / "m.onnx", seconds=0.5)
-    assert calls == [3, 2, 1]  # (batch, samples) dynamic, then the batch only, then fixed shapes
+    # (batch, samples) dynamic: the export shape, batch 3 and two other lengths; then the batch only; then fixed
+    assert calls == [4, 2, 1]
     assert report.input_shape == [2, 16000] and report.min_samples == report.max_samples == 16000
     assert len(report.notes) == 2 and read_metadata(report.path)["input"]["shape"] == [2, 16000]
     assert leftovers(tmp_path) == ["m.onnx"]
@@ -254,6 +257,47 @@ def test_safetensors_round_trip(ckpt_dir, tmp_path):
     wave = parity_waveform(32000, 40000, batch=2, seed=9)
     with torch.no_grad():
         torch.testing.assert_close(model(wave).frame_logits, original(wave).frame_logits, atol=0, rtol=0)
+
+
+def test_traced_htsat_tiles_every_length(ckpt_dir, tmp_path):
+    """Traced at 6 s, where HTS-AT makes one copy, the graph still tiles a 1 s clip 10 times (the copy count is
+    traced as a function of the length, and the export checks a quarter of its length to make sure)."""
+    ckpt = make_checkpoint(ckpt_dir, "htsat-tiny")
+    report = export_model(ckpt, "torchscript", tmp_path / "htsat.pt", seconds=6.0)
+    assert report.input_shape == ["batch", "samples"] and report.max_abs_diff <= TOLERANCE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(report.path))
+    wave = parity_waveform(32000, 32000, batch=1, seed=5)
+    expected, _ = eager(ckpt, wave)
+    with torch.no_grad():
+        got = loaded(wave)
+    torch.testing.assert_close(got[0], expected.logits, rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(got[3], expected.frame_logits, rtol=0, atol=TOLERANCE)
+
+
+def test_export_takes_the_clip_length_settings(ckpt_dir, tmp_path):
+    """--short-input is applied and recorded; HTS-AT's official crops (a loop over lengths) fall back to windows."""
+    model, _ = load_checkpoint(make_checkpoint(ckpt_dir, "htsat-tiny"))
+    model.configure_inputs(long_input="crops")
+    ckpt = save_checkpoint(tmp_path / "crops.pt", model, LABELS)
+    out = tmp_path / "stretch.safetensors"
+    result = runner.invoke(app, ["export", "--model", str(ckpt), "--format", "safetensors", "--out", str(out),
+                                 "--seconds", "2", "--short-input", "stretch"])
+    assert result.exit_code == 0, result.output
+    assert "long_input=crops is not exported" in result.output
+    loaded, _ = load_safetensors(out)
+    assert (loaded.short_input, loaded.long_input) == ("stretch", "windows")
+    wave = parity_waveform(32000, 64000, batch=1)
+    with torch.no_grad():
+        exported, tiled = loaded(wave).logits, model(wave).logits
+        model.configure_inputs(short_input="stretch")
+        torch.testing.assert_close(exported, model(wave).logits)
+    assert not torch.allclose(exported, tiled)
+    other = make_checkpoint(ckpt_dir, "panns-cnn6")
+    result = runner.invoke(app, ["export", "--model", str(other), "--format", "safetensors",
+                                 "--out", str(tmp_path / "cnn6.safetensors"), "--short-input", "tile"])
+    assert result.exit_code == 2 and "--short-input does not apply to panns-cnn6" in result.output
 
 
 def test_load_safetensors_refuses_foreign_files(tmp_path):

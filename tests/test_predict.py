@@ -218,6 +218,34 @@ def test_short_clip_is_zero_padded_to_the_minimum(clips):
     assert result.duration == pytest.approx(0.01)
 
 
+def test_clip_seconds_leaves_fbank_padding_to_the_front_end(tmp_path):
+    """AST and PSLA loaders pad the fbank (padded frames = -mean / std), not the waveform: only crop for them."""
+    tagger = Tagger(tiny("ast-tiny224"), LABELS, "multilabel", device="cpu")  # pads to 100 frames (~1 s)
+    wave = tone(0.5, 16000, 440)
+    path = write_wav(tmp_path / "half.wav", wave, 16000)
+    read = audio.load(path, 16000)
+    (result,) = predict_files(tagger, [path], PredictOptions(clip_seconds=1.0))
+    np.testing.assert_allclose(result.probabilities, direct(tagger.model, read), atol=1e-6)
+    padded_wave = direct(tagger.model, audio.crop_or_pad(read, 16000))
+    assert np.abs(result.probabilities - padded_wave).max() > 1e-3
+    (cut,) = predict_files(tagger, [path], PredictOptions(clip_seconds=0.25))
+    np.testing.assert_allclose(cut.probabilities, direct(tagger.model, read[:4000]), atol=1e-6)
+
+
+def test_last_window_is_scored_as_the_short_clip_it_is(tmp_path):
+    """The window past the end holds only the audio left, which the front-end pads at fbank level (AST)."""
+    tagger = Tagger(tiny("ast-tiny224"), LABELS, "multilabel", device="cpu")  # 1.015 s windows every 0.254 s
+    path = write_wav(tmp_path / "long.wav", tone(1.28, 16000, 300), 16000)  # the tail: 0.77 s, 76 frames
+    wave = audio.load(path, 16000)
+    (result,) = predict_files(tagger, [path], PredictOptions(per_window=True, batch_size=8))
+    assert [round(w.start * 16000) for w in result.windows] == [0, 4060, 8120]
+    tail = wave[8120:]
+    np.testing.assert_allclose(result.windows[-1].probabilities, direct(tagger.model, tail), atol=1e-6)
+    window = round(result.window * 16000)
+    assert np.abs(result.windows[-1].probabilities - direct(tagger.model, audio.crop_or_pad(tail, window))).max() > 1e-3
+    np.testing.assert_allclose(result.windows[0].probabilities, direct(tagger.model, wave[:window]), atol=1e-6)
+
+
 def test_windows_match_slices_and_aggregate(clips):
     model = tiny("efficientat-mn01")
     tagger = Tagger(model, LABELS, "multilabel")
@@ -373,6 +401,7 @@ def test_cli_all_bad_inputs_fail(clips, mn01_checkpoint):
     (["--embeddings", "e.txt"], ".npy or .npz"),
     (["--events", "--onset-threshold", "2"], "on"),
     (["--device", "tpu"], "--device"),
+    (["--short-input", "tile"], "--short-input does not apply to efficientat-mn01"),
 ])
 def test_cli_bad_options_are_one_line(clips, mn01_checkpoint, args, message):
     result = invoke(clips["a"], "--model", mn01_checkpoint, *args)
@@ -392,6 +421,60 @@ def test_cli_without_model_explains_what_to_do(clips, monkeypatch):
 def test_default_model_from_the_environment(clips, mn01_checkpoint, monkeypatch):
     monkeypatch.setenv("TAGGER_MODEL", str(mn01_checkpoint))
     assert invoke(clips["a"]).exit_code == 0
+
+
+# ------------------------------------------------------------------------------------------ HTS-AT clip lengths
+
+
+@pytest.fixture(scope="module")
+def htsat_checkpoint(tmp_path_factory):
+    """A tiny HTS-AT that tiles short clips (as imported official checkpoints do), class 0 on everywhere."""
+    path = tmp_path_factory.mktemp("htsat") / "htsat.pt"
+    model = tiny("htsat-tiny")
+    model.configure_inputs(short_input="tile")
+    with torch.no_grad():
+        model.tscam_conv.bias.copy_(torch.tensor([8.0, -8.0, -8.0]))
+    save_checkpoint(path, model, LABELS, task="multilabel")
+    return path
+
+
+def test_htsat_tiled_events_stay_inside_the_clip(tmp_path, htsat_checkpoint):
+    """The network sees 3 copies of a 3 s clip; frames and events are reported in the clip's own 3 s."""
+    clip = write_wav(tmp_path / "three.wav", tone(3.0, RATE, 440), RATE)
+    tile = Tagger.load(htsat_checkpoint, device="cpu")
+    assert tile.model.copies(301) == 3
+    (result,) = predict_files(tile, [clip], PredictOptions(events=EventRule(on=0.5), timeline=True))
+    assert result.timeline.shape == (300, 3)  # the 301st frame starts at 3.0 s
+    (event,) = result.events
+    assert event.label == 0 and event.onset == 0.0 and 2.9 < event.offset <= 3.0
+
+    result = invoke(clip, "--model", htsat_checkpoint, "--format", "json", "--events", "--top-k", "0")
+    assert result.exit_code == 0, result.output
+    (tiled,) = json.loads(result.stdout)
+    assert [(e["label"], e["onset"]) for e in tiled["events"]] == [("Loud", 0.0)]
+    assert tiled["events"][0]["offset"] <= 3.0
+    result = invoke(clip, "--model", htsat_checkpoint, "--format", "json", "--top-k", "0", "--short-input", "stretch")
+    assert result.exit_code == 0, result.output
+    (stretched,) = json.loads(result.stdout)
+    scores = {item["id"]: item["score"] for item in tiled["labels"]}
+    assert any(item["score"] != pytest.approx(scores[item["id"]], abs=1e-6) for item in stretched["labels"])
+    stretch = Tagger.load(htsat_checkpoint, device="cpu", input_settings={"short_input": "stretch"})
+    expected = stretch(audio.load(clip, RATE)[None]).probabilities[0]
+    np.testing.assert_allclose([item["score"] for item in stretched["labels"]],
+                               [expected[LABELS.ids.index(item["id"])] for item in stretched["labels"]], atol=1e-6)
+
+
+def test_htsat_long_clip_in_one_pass_with_crops(tmp_path, htsat_checkpoint):
+    """--long-input crops takes a 15 s clip whole (no windows) and still reports its own frames."""
+    clip = write_wav(tmp_path / "long.wav", loud_between(15.0, 3.0, 5.5), RATE)
+    crops = Tagger.load(htsat_checkpoint, device="cpu", input_settings={"long_input": "crops"})
+    (whole,) = predict_files(crops, [clip], PredictOptions(timeline=True))
+    assert whole.window is None and whole.timeline.shape == (1500, 3)
+    windows = Tagger.load(htsat_checkpoint, device="cpu")
+    (windowed,) = predict_files(windows, [clip], PredictOptions())
+    assert windowed.window == pytest.approx(10.24, abs=0.01)
+    result = invoke(clip, "--model", htsat_checkpoint, "--long-input", "chunks")
+    assert result.exit_code == 2 and "--long-input 'chunks' is not one of windows, crops" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------ real checkpoint

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from tagger.errors import TaggerError
+from tagger.models.base import mean_probability_logits
 
 COMBINES = ("mean-prob", "mean-logit")
 LOGIT_FAMILIES = ("passt", "efficientat")  # their official ensembles average logits; the others probabilities
@@ -51,9 +52,7 @@ def combine_logits(logits: Tensor, weights: Tensor, mode: str, task: str) -> Ten
     log_w = torch.log(weights)  # a zero weight gives -inf: that member drops out of the logsumexp
     if task == "multiclass":  # log of the mean softmax; its softmax is the mean because it sums to one
         return torch.logsumexp(log_w + torch.log_softmax(logits, dim=-1), dim=0)
-    positive = torch.logsumexp(log_w + torch.nn.functional.logsigmoid(logits), dim=0)  # log mean p
-    negative = torch.logsumexp(log_w + torch.nn.functional.logsigmoid(-logits), dim=0)  # log mean (1 - p)
-    return positive - negative
+    return mean_probability_logits(logits, 0, log_w)
 
 
 def combine_numpy(logits: np.ndarray, weights: Sequence[float], mode: str, task: str) -> np.ndarray:

@@ -57,6 +57,18 @@ class EnsembleModel(nn.Module):
         first = self.columns[0]
         return self.members[0].num_classes if first is None else len(first)
 
+    def configure_inputs(self, **settings: str | None) -> None:
+        """Pass each clip-length setting (TaggerModel.configure_inputs) to the members that have it."""
+        for name, value in settings.items():
+            if value is None:
+                continue
+            takers = [m for m in self.members if name in m.input_settings]
+            if not takers:
+                members = ", ".join(sorted({m.arch for m in self.members}))
+                raise TaggerError(f"--{name.replace('_', '-')} applies to none of this ensemble's members ({members})")
+            for member in takers:
+                member.configure_inputs(**{name: value})
+
     def input_policy(self, rate: int | None = None):
         """The lengths every member accepts, in samples at `rate` (default: the primary rate)."""
         from tagger.runtime import InputPolicy, input_policy

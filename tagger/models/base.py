@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tagger.errors import TaggerError
 
 _PROB_EPS = 1e-7
 
@@ -34,16 +37,32 @@ def logit_from_probability(prob: Tensor) -> Tensor:
     return torch.log(prob) - torch.log1p(-prob)
 
 
+def mean_probability_logits(logits: Tensor, dim: int, log_weights: Tensor | None = None) -> Tensor:
+    """The logits whose sigmoid is the (weighted) mean of sigmoid(logits) along `dim`.
+
+    Computed from log-sigmoids with logsumexp, so no probability is clamped however confident the inputs are.
+    log_weights broadcasts against `logits`; -inf leaves an entry out, and they need not be normalised (the sum
+    cancels between the two terms).
+    """
+    positive, negative = F.logsigmoid(logits), F.logsigmoid(-logits)  # log p, log (1 - p)
+    if log_weights is not None:
+        positive, negative = positive + log_weights, negative + log_weights
+    return torch.logsumexp(positive, dim) - torch.logsumexp(negative, dim)
+
+
 class TaggerModel(nn.Module):
     """Base class: `frontend` turns the waveform into features, `forward_features` does the rest.
 
     Subclasses set `family`, and `derived_logits = True` when the official head outputs probabilities
     (PSLA pooling heads, PANNs decision-level Avg/Att): their logits are the log-odds of that probability.
     `arch` and `model_kwargs` are filled in by `create_model` so a checkpoint can rebuild the model.
+    A family with more than one official way to take clips of other lengths lists them in `input_settings`
+    (setting name -> choices, the first being the builder's default); `configure_inputs` switches between them.
     """
 
     family: str = ""
     derived_logits: bool = False
+    input_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
     arch: str = ""
     model_kwargs: dict[str, Any]
     frontend: nn.Module
@@ -65,6 +84,25 @@ class TaggerModel(nn.Module):
     def max_input_frames(self) -> int | None:
         """Longest front-end output the network handles in one pass (a time embedding's span); None: any."""
         return None
+
+    def configure_inputs(self, **settings: str | None) -> None:
+        """Choose how clips shorter or longer than the training length are taken (None: keep the current one).
+
+        The choice also goes into `model_kwargs`, so a checkpoint saved or exported afterwards keeps it.
+        """
+        for name, value in settings.items():
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            choices = self.input_settings.get(name)
+            if choices is None:
+                raise TaggerError(f"{flag} does not apply to {self.arch or self.family}: it takes such clips one way "
+                                  "only (docs/models.md, 'Clip lengths')")
+            if value not in choices:
+                raise TaggerError(f"{flag} {value!r} is not one of {', '.join(choices)}")
+            setattr(self, name, value)
+            if hasattr(self, "model_kwargs"):
+                self.model_kwargs[name] = value
 
     def forward(self, wave: Tensor) -> TaggerOutput:
         return self.forward_features(self.frontend(wave))

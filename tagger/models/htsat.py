@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tagger.errors import TaggerError
 from tagger.frontends import LogMel
 from tagger.models import ImportedWeights, create_model, register_importer, register_model
-from tagger.models.base import TaggerModel, TaggerOutput
+from tagger.models.base import TaggerModel, TaggerOutput, mean_probability_logits
 from tagger.models.heads import TokenSemanticHead
 from tagger.models.official import find_state_dict
 
@@ -36,6 +36,9 @@ SPEC_SIZE = 256  # the square image the log-mel is folded into (official spec_si
 PATCH_SIZE = 4
 MEL_BINS = 64
 DEFAULTS: dict[str, Any] = {"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [4, 8, 16, 32], "window_size": 8}
+# How inputs shorter / longer than 1024 frames are taken; the first is the builder's default (the official forward).
+SHORT_INPUTS = ("stretch", "tile")
+LONG_INPUTS = ("windows", "crops")
 
 
 class SdpaWindowAttention(WindowAttention):
@@ -116,21 +119,25 @@ def _check_geometry(embed_dim: int, depths: Sequence[int], heads: Sequence[int],
 
 
 class HTSAT(TaggerModel):
-    """HTS-AT on the PANNs log-mel (B, 64, T), T <= 1024 frames (10.24 s at 32 kHz).
+    """HTS-AT on the PANNs log-mel (B, 64, T): clips of up to 1024 frames (10.24 s at 32 kHz) in one pass.
 
-    Official path: bn0 over mel bins; T < 1024 is stretched to 1024 frames by bicubic interpolation
-    (align_corners=True); the 1024 x 64 spectrogram is cut into 4 time chunks of 256 stacked into a 256 x 256
-    image; Swin-T (patch 4, window 8); token-semantic head giving S = 32 time steps of class logits.
+    Official path: bn0 over mel bins; an input shorter than 1024 frames is tiled (`short_input="tile"`, the
+    official `infer_mode=True`: floor(1024 / T) copies along time) or not (`"stretch"`, the official training and
+    evaluation forward), then stretched to 1024 frames by bicubic interpolation (align_corners=True); the
+    1024 x 64 spectrogram is cut into 4 time chunks of 256 stacked into a 256 x 256 image; Swin-T (patch 4,
+    window 8); token-semantic head giving S = 32 time steps of class logits. Longer inputs are refused (tagger
+    scores windows) unless `long_input="crops"`: the official evaluation's overlapping crops of (T-1)//2 frames
+    every (T-1)//4, each stretched to 1024, their probabilities averaged (up to 2050 frames, as officially).
 
     logits: mean over the S steps of the step logits (sigmoid(logits) is the official clipwise_output).
-    frame_logits: step logits on the input frames: frame t sits at round(t·1023 / (T-1)) on the stretched
-    1024-frame axis, and takes the step whose 32-frame span holds it (the official framewise_output repeats
-    each step 32 times on that axis). embedding: the official latent_output, the mean of the final tokens.
-    `official_outputs` returns the official three outputs, 1024-step framewise included.
+    frame_logits: step logits on the clip's own frames (see `frame_index`), copies of a tiled frame averaged.
+    embedding: the official latent_output, the mean of the final tokens. `official_outputs` returns the official
+    three outputs, the 1024-step framewise output on the network's own time axis included.
     """
 
     family = "htsat"
     derived_logits = False
+    input_settings = {"short_input": SHORT_INPUTS, "long_input": LONG_INPUTS}
 
     def __init__(
         self,
@@ -140,10 +147,13 @@ class HTSAT(TaggerModel):
         num_heads: Sequence[int] = tuple(DEFAULTS["num_heads"]),
         window_size: int = DEFAULTS["window_size"],
         drop_path_rate: float = 0.1,
+        short_input: str = SHORT_INPUTS[0],
+        long_input: str = LONG_INPUTS[0],
     ) -> None:
         super().__init__()
         depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
         _check_geometry(embed_dim, depths, num_heads, window_size)
+        self.configure_inputs(short_input=short_input, long_input=long_input)
         self.freq_ratio = SPEC_SIZE // MEL_BINS
         self.target_frames = SPEC_SIZE * self.freq_ratio
         self.frontend = LogMel()
@@ -168,52 +178,134 @@ class HTSAT(TaggerModel):
 
     @property
     def max_input_frames(self) -> int:
-        return self.target_frames
+        """1024 frames; with long_input="crops", the longest input whose official crops fit 1024 frames."""
+        return 2 * self.target_frames + 2 if self.long_input == "crops" else self.target_frames
 
-    def spec_to_image(self, spec: Tensor) -> Tensor:
-        """(B, 64, T) log-mel -> bn0 -> (B, 1, 256, 256) image, as the official reshape_wav2img."""
+    def copies(self, frames: int) -> int:
+        """How many times a `frames`-long input is tiled along time before it is stretched to 1024 frames.
+
+        Written without max(): a trace then records floor(1024 / T) as a function of the length even when it is 1.
+        """
+        if self.short_input != "tile" or frames > self.target_frames:
+            return 1
+        return self.target_frames // frames
+
+    def crops(self, frames: int) -> tuple[list[int], int]:
+        """(starts, length) of the official evaluation's crops of an input longer than 1024 frames."""
+        length, step = (frames - 1) // 2, (frames - 1) // 4
+        return list(range(0, frames - length - 1, step)), length
+
+    # ------------------------------------------------------------------------------------------- network
+
+    def _normalise(self, spec: Tensor) -> Tensor:
+        """(B, 64, T) log-mel -> bn0 -> (B, 1, T, 64), the official layout; wrong shapes and lengths refused."""
         name = self.arch or "htsat"
         if spec.ndim != 3 or spec.shape[1] != MEL_BINS:
             raise TaggerError(f"{name}: expected log-mel features (batch, {MEL_BINS}, frames), got {tuple(spec.shape)}")
-        batch, bins, frames = spec.shape
-        if frames > self.target_frames:
-            raise TaggerError(
-                f"{name}: input of {frames} frames is longer than {self.target_frames} "
-                f"({self.target_frames * self.frontend.config.hop_length / self.sample_rate:.2f} s); "
-                "cut the audio into windows (tagger predict --window)"
-            )
-        x = self.bn0(spec.unsqueeze(-1)).transpose(1, 3)  # (B, 1, T, F), the official layout
-        if frames < self.target_frames:
-            x = F.interpolate(x, size=(self.target_frames, bins), mode="bicubic", align_corners=True)
+        frames, longest = spec.shape[-1], self.max_input_frames
+        if frames > longest:
+            seconds = longest * self.frontend.config.hop_length / self.sample_rate
+            crops = "" if self.long_input == "crops" else " or take the official overlapping crops (--long-input crops)"
+            raise TaggerError(f"{name}: input of {frames} frames is longer than {longest} ({seconds:.2f} s); cut the "
+                              f"audio into windows (tagger predict --window){crops}")
+        return self.bn0(spec.unsqueeze(-1)).transpose(1, 3)
+
+    def _image(self, x: Tensor) -> Tensor:
+        """(B, 1, T, 64), T <= 1024 -> stretched to 1024 frames -> (B, 1, 256, 256), as the official reshape_wav2img.
+
+        The official code skips the stretch at T = 1024; bicubic interpolation with align_corners=True onto the
+        same size is the identity, so it always runs here and an exported graph has no branch on the length."""
+        batch, _, _, bins = x.shape
+        x = F.interpolate(x, size=(self.target_frames, bins), mode="bicubic", align_corners=True)
         chunk = self.target_frames // self.freq_ratio
         x = x.transpose(2, 3).reshape(batch, 1, bins, self.freq_ratio, chunk)
         return x.transpose(2, 3).reshape(batch, 1, self.freq_ratio * bins, chunk)
 
-    def token_semantic(self, spec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(clip logits (B, K), step logits (B, K, S), latent (B, D)) of a log-mel (B, 64, T)."""
-        x = self.patch_embed(self.spec_to_image(spec))
+    def _network(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(clip logits (B, K), step logits (B, K, S), latent (B, D)) of a (B, 1, T, 64) input, T <= 1024."""
+        x = self.patch_embed(self._image(x))
         for layer in self.layers:
             x = layer(x)
         tokens = self.norm(x).permute(0, 3, 1, 2)  # (B, D, H, W)
         return self.tscam_conv(tokens)
 
+    def _short(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        """The network on an input of at most 1024 frames, tiled first in tile mode; also the copy count.
+
+        In tile mode the repeat runs even for one copy, so a traced or exported graph keeps the count as a
+        function of the length instead of the value it had at the traced length."""
+        copies = self.copies(x.shape[2])
+        if self.short_input == "tile":
+            x = x.repeat(1, 1, copies, 1)
+        return *self._network(x), copies
+
+    def _crops(self, x: Tensor, tail: bool) -> tuple[Tensor, Tensor, Tensor, list[int], int]:
+        """The network on every official crop (batched), plus with `tail` one more crop ending at the last frame
+        when the official ones stop short of it (the official evaluation never sees the last quarter or so).
+        Returns clip (B, V, K), steps (B, V, K, S), latent (B, V, D), the starts and the crop length."""
+        frames = x.shape[2]
+        starts, length = self.crops(frames)
+        if tail and starts[-1] + length < frames:
+            starts = [*starts, frames - length]
+        views = torch.stack([x[:, :, s:s + length] for s in starts], 1).flatten(0, 1)
+        clip, steps, latent = (t.unflatten(0, (x.shape[0], len(starts))) for t in self._network(views))
+        return clip, steps, latent, starts, length
+
+    # ------------------------------------------------------------------------------------------- outputs
+
     def frame_index(self, frames: int, steps: int, device: torch.device | None = None) -> Tensor:
-        """For each of `frames` input frames, the token step covering it (see the class docstring)."""
+        """For each frame of a `frames`-long network input, the token step covering it.
+
+        The input is stretched to 1024 frames: frame t sits at u = round(t * 1023 / (frames - 1)) (the inverse of
+        align_corners=True, in integers), and the official framewise output repeats each of the S steps
+        1024 / S times along that axis, so frame t takes step u // (1024 / S).
+        """
         target = self.target_frames
         t = torch.arange(frames, device=device)
-        if frames > 1:  # round(t * (target - 1) / (frames - 1)) in integers
+        if frames > 1:
             t = (2 * t * (target - 1) + (frames - 1)) // (2 * (frames - 1))
         return t // (target // steps)
 
     def forward_features(self, spec: Tensor) -> TaggerOutput:
-        clip, steps, latent = self.token_semantic(spec)
-        frame_logits = steps.index_select(-1, self.frame_index(spec.shape[-1], steps.shape[-1], steps.device))
+        x = self._normalise(spec)
+        frames = x.shape[2]
+        if frames > self.target_frames:
+            return self._crops_output(x)
+        clip, steps, latent, copies = self._short(x)
+        # A tiled input holds `copies` copies of each frame: frame t's logits are the mean over its copies, the
+        # same average the clip logit takes over all steps.
+        index = self.frame_index(frames * copies, steps.shape[-1], steps.device).reshape(copies, frames)
+        frame_logits = steps[..., index].mean(-2)
         return TaggerOutput(logits=clip, frame_logits=frame_logits.transpose(1, 2), embedding=latent)
 
+    def _crops_output(self, x: Tensor) -> TaggerOutput:
+        """Long input: clip and embedding from the official crops (probabilities averaged, as officially); frame t
+        from every crop covering it, the tail crop included, probabilities averaged the same way."""
+        frames = x.shape[2]
+        clip, steps, latent, starts, length = self._crops(x, tail=True)
+        official = len(self.crops(frames)[0])
+        logits = mean_probability_logits(clip[:, :official], dim=1)
+        index = self.frame_index(length, steps.shape[-1], steps.device)
+        placed = steps.new_zeros(*steps.shape[:3], frames)  # (B, V, K, T): each crop's frames at their times
+        cover = torch.full((len(starts), frames), -torch.inf, device=steps.device)
+        for view, start in enumerate(starts):
+            placed[:, view, :, start:start + length] = steps[:, view][..., index]
+            cover[view, start:start + length] = 0.0
+        frame_logits = mean_probability_logits(placed, dim=1, log_weights=cover[None, :, None])
+        return TaggerOutput(logits=logits, frame_logits=frame_logits.transpose(1, 2),
+                            embedding=latent[:, :official].mean(1))
+
     def official_outputs(self, spec: Tensor) -> dict[str, Tensor]:
-        """The official output_dict: framewise_output (B, 1024, K) and clipwise_output (B, K), both sigmoid, and
-        latent_output (B, D). framewise covers the input stretched to 1024 frames, not the input frames."""
-        clip, steps, latent = self.token_semantic(spec)
+        """The official output_dict for this input: `forward(x, infer_mode=True)` in tile mode, `forward(x)` in
+        stretch mode and for crops. framewise_output (B, 1024, K) and clipwise_output (B, K), both sigmoid,
+        cover the network's own 1024-frame axis (the tiled, stretched or cropped input), not the clip's frames;
+        latent_output (B, D) as officially (absent for crops, as officially)."""
+        x = self._normalise(spec)
+        if x.shape[2] > self.target_frames:
+            clip, steps, _, _, _ = self._crops(x, tail=False)
+            framewise = torch.sigmoid(steps).mean(1).repeat_interleave(self.target_frames // steps.shape[-1], dim=-1)
+            return {"framewise_output": framewise.transpose(1, 2), "clipwise_output": torch.sigmoid(clip).mean(1)}
+        clip, steps, latent, _ = self._short(x)
         framewise = torch.sigmoid(steps).repeat_interleave(self.target_frames // steps.shape[-1], dim=-1)
         return {"framewise_output": framewise.transpose(1, 2), "clipwise_output": torch.sigmoid(clip),
                 "latent_output": latent}
@@ -291,8 +383,11 @@ def build_htsat_tiny(
     depths: Sequence[int] = tuple(DEFAULTS["depths"]),
     num_heads: Sequence[int] = tuple(DEFAULTS["num_heads"]),
     window_size: int = DEFAULTS["window_size"],
+    short_input: str = SHORT_INPUTS[0],
+    long_input: str = LONG_INPUTS[0],
 ) -> HTSAT:
-    return HTSAT(num_classes, embed_dim, depths, num_heads, window_size)
+    return HTSAT(num_classes, embed_dim, depths, num_heads, window_size, short_input=short_input,
+                 long_input=long_input)
 
 
 # --------------------------------------------------------------------------------------------- importer
@@ -377,7 +472,8 @@ def import_htsat(raw: Any, arch: str | None) -> ImportedWeights:
     state, notes = _unwrap(raw)
     if arch is not None and arch not in ("htsat", "htsat-tiny"):
         raise TaggerError(f"--arch {arch} does not fit an HTS-AT checkpoint; use htsat-tiny")
-    kwargs = _config_of(state)
+    # Official checkpoints are used as the official inference scripts use them: short clips tiled (infer_mode).
+    kwargs = {**_config_of(state), "short_input": "tile"}
     missing = [k for k in (*_STFT_KEYS, _MEL_KEY) if k not in state]
     if missing:
         raise TaggerError(f"HTS-AT checkpoint lacks {missing[0]}; expected the torchlibrosa front-end tensors")
@@ -397,4 +493,6 @@ def import_htsat(raw: Any, arch: str | None) -> ImportedWeights:
     mapped.update({k: v for k, v in state.items() if k not in skip})
     shape = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     notes.insert(0, f"htsat-tiny with {shape}")
+    notes.append("clips shorter than 5.12 s are tiled as the official inference does (infer_mode); "
+                 "--short-input stretch gives the official evaluation path")
     return ImportedWeights(arch="htsat-tiny", model_kwargs=kwargs, state_dict=mapped, notes=notes)

@@ -113,6 +113,21 @@ def test_frame_level_members_on_one_grid_give_combined_frames_and_events(files, 
     assert {e.label for e in result.events} == {0, 1, 2}  # a threshold every class passes
 
 
+def test_clip_length_settings_reach_the_members_that_have_them(files, tmp_path):
+    small = {"embed_dim": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+    htsat = _save(tmp_path / "h.pt", "htsat-tiny", LABELS, 10, **small)
+    ensemble = _ensemble(tmp_path / "mixed.pt", [htsat, files["mn_a"]], [0.5, 0.5])
+    tagger = Tagger.load(ensemble, device="cpu", input_settings={"short_input": "tile"})
+    assert [getattr(m, "short_input", None) for m in tagger.model.members] == ["tile", None]
+    wave = tagger.stack([tagger.read(files["clip"])])  # 0.9 s: the HTS-AT member tiles it 11 times
+    alone = [Tagger.load(htsat, device="cpu", input_settings={"short_input": "tile"})(wave).probabilities,
+             Tagger.load(files["mn_a"], device="cpu")(wave).probabilities]
+    np.testing.assert_allclose(tagger(wave).probabilities, (alone[0] + alone[1]) / 2, atol=1e-6)
+    plain = _ensemble(tmp_path / "plain.pt", [files["mn_a"], files["ast"]], [0.5, 0.5])
+    with pytest.raises(TaggerError, match="--short-input applies to none of this ensemble's members"):
+        Tagger.load(plain, device="cpu", input_settings={"short_input": "tile"})
+
+
 def test_the_file_loads_only_where_a_model_is_scored(files):
     ensemble = _ensemble(files["folder"] / "plain.pt", [files["mn_a"], files["ast"]], [0.5, 0.5])
     with pytest.raises(TaggerError, match="an ensemble checkpoint cannot be used here"):

@@ -13,6 +13,7 @@ from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models
 from tagger.models.htsat import SdpaWindowAttention, _geometry_buffers
 from tagger.models.inference import FastInference
+from tagger.runtime import input_policy
 
 TINY = {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4]}
 # Trainable parameters at 527 classes without the unused official `head` Linear(527, 527) (278,256 parameters).
@@ -195,6 +196,101 @@ def test_trace_and_fast_inference():
     torch.testing.assert_close(out.embedding, eager.embedding, rtol=1e-4, atol=1e-5)
 
 
+# --------------------------------------------------------------------------------------------- clip lengths
+# Facts from the official model/htsat.py @2e29471. forward(x, infer_mode=True), the inference path, repeats the bn0
+# output floor(1024 / T) times along time, then reshape_wav2img stretches what is still short of 1024 frames
+# (bicubic, align_corners=True). forward(x) in eval mode takes an input over 1024 frames as crops of (T-1)//2 frames
+# starting every (T-1)//4 below T - crop - 1, each stretched to 1024, and averages their clipwise and framewise
+# probabilities.
+
+
+def _pair(num_classes: int = 3, **settings) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same weights twice: one with `settings`, one with the builder defaults (stretch, windows)."""
+    configured = _tiny(num_classes)
+    configured.configure_inputs(**settings)
+    return configured, _tiny(num_classes)
+
+
+@pytest.mark.parametrize("frames, copies", [(2, 512), (101, 10), (300, 3), (341, 3), (512, 2), (513, 1), (1024, 1)])
+def test_tile_repeats_the_log_mel_as_infer_mode(frames, copies):
+    tile, stretch = _pair(short_input="tile")
+    assert tile.copies(frames) == copies and stretch.copies(frames) == 1
+    spec = torch.randn(1, 64, frames) * 10 - 30
+    with torch.inference_mode():
+        ours = tile.official_outputs(spec)
+        by_hand = stretch.official_outputs(spec.repeat(1, 1, copies))  # the official repeat, then the stretch
+        plain = stretch.official_outputs(spec)
+    for key in ours:
+        torch.testing.assert_close(ours[key], by_hand[key])
+    assert (copies > 1) == (not torch.allclose(ours["clipwise_output"], plain["clipwise_output"]))
+
+
+def test_tiled_frames_fold_back_onto_the_clip():
+    """Frame t of a tiled clip: the mean logit of its copies at their places on the 1024-frame axis."""
+    tile, _ = _pair(num_classes=4, short_input="tile")
+    spec = torch.randn(2, 64, 300) * 10 - 30
+    with torch.inference_mode():
+        out = tile.forward_features(spec)
+        official = tile.official_outputs(spec)
+    # 3 copies = 900 frames, stretched to 1024: tiled frame j lands on round(j * 1023 / 899) (no ties at 900).
+    position = torch.round(torch.arange(900) * 1023 / 899).long()
+    expected = torch.logit(official["framewise_output"][:, position].double()).reshape(2, 3, 300, 4).mean(1)
+    assert out.frame_logits.shape == (2, 300, 4)
+    torch.testing.assert_close(out.frame_logits.double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.logits.sigmoid(), official["clipwise_output"])
+    torch.testing.assert_close(out.embedding, official["latent_output"])
+
+
+def test_crops_follow_the_official_long_evaluation():
+    crops, windows = _pair(long_input="crops")
+    assert crops.crops(1501) == ([0, 375], 750) and crops.crops(2050) == ([0, 512, 1024], 1024)
+    spec = torch.randn(1, 64, 1501) * 10 - 30
+    with torch.inference_mode():
+        out = crops.forward_features(spec)
+        official = crops.official_outputs(spec)
+        # The two official crops, and the tail crop (751..1501) that only the frame output uses.
+        each = [windows.forward_features(spec[..., s:s + 750]) for s in (0, 375, 751)]
+    mean_prob = (each[0].logits.sigmoid() + each[1].logits.sigmoid()) / 2
+    torch.testing.assert_close(out.logits.sigmoid(), mean_prob)
+    torch.testing.assert_close(official["clipwise_output"], mean_prob)
+    torch.testing.assert_close(out.embedding, (each[0].embedding + each[1].embedding) / 2)
+    assert official["framewise_output"].shape == (1, 1024, 3) and "latent_output" not in official
+    frames = out.frame_logits
+    assert frames.shape == (1, 1501, 3)
+    torch.testing.assert_close(frames[:, :375], each[0].frame_logits[:, :375])  # crop 0 alone
+    torch.testing.assert_close(frames[:, 750], each[1].frame_logits[:, 375])  # crop 1 alone
+    torch.testing.assert_close(frames[:, 1125:], each[2].frame_logits[:, 374:])  # only the tail crop
+    shared = (each[0].frame_logits[:, 375:750].sigmoid() + each[1].frame_logits[:, :375].sigmoid()) / 2
+    torch.testing.assert_close(frames[:, 375:750].sigmoid(), shared)
+
+
+def test_length_limits_follow_the_setting():
+    crops, windows = _pair(long_input="crops")
+    assert windows.max_input_frames == 1024 and crops.max_input_frames == 2050
+    assert input_policy(windows).max_samples == 1023 * 320 + 319  # 1 + S // 320 frames
+    assert input_policy(crops).max_samples == 2049 * 320 + 319
+    with pytest.raises(TaggerError, match="--long-input crops"):
+        windows.forward_features(torch.zeros(1, 64, 1025))
+    with pytest.raises(TaggerError, match="longer than 2050"):
+        crops.forward_features(torch.zeros(1, 64, 2051))
+
+
+def test_configure_inputs_checks_and_records_the_choice():
+    model = create_model("htsat-tiny", num_classes=2, **TINY)
+    assert (model.short_input, model.long_input) == ("stretch", "windows")
+    model.configure_inputs(short_input="tile", long_input=None)
+    assert model.short_input == "tile" and model.model_kwargs["short_input"] == "tile"
+    assert "long_input" not in model.model_kwargs
+    with pytest.raises(TaggerError, match="--short-input 'pad' is not one of stretch, tile"):
+        model.configure_inputs(short_input="pad")
+    with pytest.raises(TaggerError, match="--long-input"):
+        create_model("htsat-tiny", num_classes=2, long_input="chunks", **TINY)
+    with torch.device("meta"):
+        other = create_model("panns-cnn6", num_classes=2)
+    with pytest.raises(TaggerError, match="--short-input does not apply to panns-cnn6"):
+        other.configure_inputs(short_input="tile")
+
+
 # --------------------------------------------------------------------------------------------- importer
 
 
@@ -205,12 +301,13 @@ def test_importer_round_trip_infers_the_geometry(wrap):
     raw = {"state_dict": official, "epoch": 7} if wrap == "lightning" else official
     weights = importer("htsat")(raw, None)
     assert weights.arch == "htsat-tiny"
-    assert weights.model_kwargs == {"num_classes": 6, **TINY}
+    assert weights.model_kwargs == {"num_classes": 6, **TINY, "short_input": "tile"}  # the official inference
     assert "head.weight" not in weights.state_dict and "frontend.melW" in weights.state_dict
     notes = " ".join(weights.notes)
     assert "head.*" in notes and "11 attn_mask" in notes and "torchlibrosa" in notes
     model = weights.build_model("test")
-    spec = torch.randn(1, 64, 500)
+    spec = torch.randn(1, 64, 500)  # tiled twice
+    source.configure_inputs(short_input="tile")
     with torch.inference_mode():
         torch.testing.assert_close(model.forward_features(spec).logits, source.forward_features(spec).logits)
     assert importer("htsat")(raw, "htsat-tiny").arch == "htsat-tiny"
@@ -308,7 +405,7 @@ def test_parity_keys(official):
     kept = [k for k in spec if k not in dropped]
     ours = list(model.state_dict())
     assert ours[0] == "frontend.melW" and sorted(ours[1:]) == sorted(kept)  # timm's PatchMerging lists norm first
-    assert weights.model_kwargs == {"num_classes": 527}
+    assert weights.model_kwargs == {"num_classes": 527, "short_input": "tile"}
 
 
 def test_parity_with_official(official):
