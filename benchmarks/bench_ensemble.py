@@ -78,20 +78,21 @@ def ensembles(out: Path) -> dict:
 
     window = f"epochs>={WA_FROM}"
     results = [
-        build("single-last", [out / "seed0" / "last.pt"]),
-        build("single-best", [out / "seed0" / "best.pt"]),
+        build("single-last", [out / "seed0" / "last.pt"], mode="predictions"),
+        build("single-best", [out / "seed0" / "best.pt"], mode="predictions"),
         build("wa", epochs(0), mode="weights", select=window),
         build("wa-bn", epochs(0), mode="weights", select=window, bn_recalibrate=ESC50, bn_folds=[1, 2, 3],
               batch_size=32),
         build("wa-late", epochs(0), mode="weights", select=f"epochs>={LATE_FROM}"),
-        build("cum", epochs(0), select=window),
+        build("cum", epochs(0), mode="predictions", select=window),
     ]
     for seed in SEEDS[1:]:
         results.append(build(f"wa-seed{seed}", epochs(seed), mode="weights", select=window))
     results += [
-        build("seeds", [out / f"seed{s}" / "last.pt" for s in SEEDS]),
-        build("seeds-wa", [out / "ensembles" / f"wa{'' if s == 0 else f'-seed{s}'}.pt" for s in SEEDS]),
-        build("greedy", [p for s in SEEDS for p in epochs(s, WA_FROM)], select="greedy"),
+        build("seeds", [out / f"seed{s}" / "last.pt" for s in SEEDS], mode="predictions"),
+        build("seeds-wa", [out / "ensembles" / f"wa{'' if s == 0 else f'-seed{s}'}.pt" for s in SEEDS],
+              mode="predictions"),
+        build("greedy", [p for s in SEEDS for p in epochs(s, WA_FROM)], mode="predictions", select="greedy"),
     ]
     return {"results": results, "inference": inference_cost(out, results)}
 

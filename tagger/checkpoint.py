@@ -46,8 +46,12 @@ def save_checkpoint(
     task: str = "multilabel",
     normalization: dict | None = None,
     train: dict | None = None,
+    source: dict | None = None,
 ) -> Path:
-    """Write `model` with everything needed to rebuild and use it, atomically."""
+    """Write `model` with everything needed to rebuild and use it, atomically.
+
+    source: where official weights came from (release, url, file, sha256, licence, paper), as `tagger pull`
+    records it; shown wherever the checkpoint is described."""
     from tagger.frontends import frontend_to_dict
 
     if task not in TASKS:
@@ -65,6 +69,7 @@ def save_checkpoint(
         "task": task,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train": train or {},
+        **({"source": source} if source else {}),
     }
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -7,12 +7,32 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
+import typer.core
 
 from tagger import __version__
 from tagger.errors import TaggerError
+
+_KINDS = {str: "TEXT", Path: "PATH", int: "INTEGER", float: "FLOAT"}
+
+
+def _kind(param, ctx=None) -> str | None:
+    """A value's kind as click names it in help (TEXT, PATH, INTEGER, FILES...); nothing for flags."""
+    descriptor = param.type_descriptor
+    if getattr(param, "is_flag", False) or descriptor.annotation is bool:
+        return None
+    base = get_args(descriptor.annotation)[0] if descriptor.is_list else descriptor.annotation
+    return _KINDS.get(base, "TEXT") + ("..." if descriptor.is_list else "")
+
+
+if hasattr(typer.core.TyperArgument, "display_type_rich"):
+    # typer 0.2x prints Python annotations (<str>, <list[Path]>, <bool>) where users of every other CLI read
+    # TEXT / PATH / nothing for a flag, and lower-case argument names; older typer already prints click's.
+    typer.core.TyperOption.display_type_rich = _kind
+    typer.core.TyperArgument.display_type_rich = _kind
+    typer.core.TyperArgument.display_name_raw = property(lambda self: self.metavar or self.name.upper())
 
 app = typer.Typer(
     name="tagger",
@@ -215,10 +235,12 @@ def models_command(
     family: Annotated[str | None, typer.Option(help="Only this family, e.g. panns, psla, efficientat.")] = None,
     fmt: FormatOption = "table",
 ) -> None:
-    """List every registered model: family, parameters (527 classes), sample rate, front-end, frame output."""
+    """List every registered model: family, parameters (527 classes), sample rate, front-end, frame output.
+
+    The `default` column marks each family's main AudioSet model: `--arch FAMILY` (e.g. `--arch ast`) means it."""
     _check_format(fmt)
     from tagger import console
-    from tagger.models.catalog import catalog
+    from tagger.catalog import catalog
 
     rows = catalog(family)
     if not rows:
@@ -228,10 +250,63 @@ def models_command(
     console.render(rows, fmt, title="models")
 
 
+@app.command("pull")
+@user_errors
+def pull_command(
+    name: Annotated[str | None, typer.Argument(help="A release (see --list): a model name such as efficientat-mn10, "
+                                               "or a family name (ast, passt, htsat, psla, panns, efficientat) "
+                                               "for its main model.")] = None,
+    source: Annotated[str | None, typer.Option("--from", help="The official file downloaded elsewhere (offline "
+                                               "machines), or another URL; verified the same way.")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the model commands use without --model.")
+                       ] = False,
+    list_releases: Annotated[bool, typer.Option("--list", help="Show every release and what is pulled.")] = False,
+    labels: Annotated[Path | None, typer.Option(help="A local class_labels_indices.csv, for machines without "
+                                                "network.")] = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Download an official checkpoint, verify it and convert it into the cache ($TAGGER_HOME); the only command
+    that uses the network."""
+    _check_format(fmt)
+    from tagger import console
+
+    if list_releases:
+        if name is not None or source is not None or default:
+            raise TaggerError("--list takes no NAME, --from or --default; run it on its own")
+        from tagger.pull import list_releases as rows
+
+        console.render(rows(), fmt, title="releases (tagger pull NAME)")
+        return
+    if name is None:
+        raise TaggerError("name a release to pull, e.g. `tagger pull efficientat-mn10`; `tagger pull --list` shows "
+                          "them all")
+    from tagger.pull import pull
+
+    with console.download_progress() as bar:
+        task = None
+
+        def progress(done: int, total: int | None) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task("downloading", total=total)
+            bar.update(task, completed=done, total=total)
+
+        try:
+            result = pull(name, source, make_default=default, on_progress=progress, on_note=console.log,
+                          labels=labels)
+        except KeyboardInterrupt:
+            console.log("interrupted; the partial download is kept, and the same command resumes it")
+            raise typer.Exit(130) from None
+    row = {"name": result.name, "checkpoint": str(result.path), "sha256": result.sha256 or "",
+           "verified": "yes" if result.verified else ("no published digest" if result.sha256 else ""),
+           "default": "yes" if result.default else "no"}
+    console.render([row], fmt, title="pulled")
+
+
 @app.command("import-checkpoint")
 @user_errors
 def import_checkpoint_command(
-    family: Annotated[str, typer.Argument(help="Checkpoint family: panns, psla, efficientat.")],
+    family: Annotated[str, typer.Argument(help="Checkpoint family: panns, psla, efficientat, ast, passt, htsat.")],
     path: Annotated[Path, typer.Argument(help="The official checkpoint file.")],
     out: Annotated[Path, typer.Option(help="Where to write the tagger checkpoint (.pt).")],
     arch: Annotated[str | None, typer.Option(help="Model name (see `tagger models`); inferred when omitted.")] = None,
@@ -534,9 +609,6 @@ def enhance_labels_command(
                                            single_pass)
     if top_k is not None and store_teacher_logits is None:
         raise TaggerError("--top-k applies to --store-teacher-logits; add that option or drop --top-k")
-    if ontology is None:
-        raise TaggerError("enhancement needs the class hierarchy: pass --ontology ontology.json (AudioSet's) or a "
-                          "CSV of parent,child rows")
     paths = enhance_run.default_paths(manifest, out, report)
     writes = [paths["report"], paths["report_csv"]]
     if not dry_run:
@@ -547,6 +619,8 @@ def enhance_labels_command(
     if existing and not force:
         raise TaggerError(f"{existing[0]} exists; pass --force to overwrite it or choose another --out/--report")
     data = read_manifest(manifest, manifest_format, audio_dir=audio_dir, folds=_parse_folds(folds), split=split)
+    if ontology is None:
+        raise TaggerError(enhance_run.missing_ontology(data))
     if data.missing:
         console.log(f"note: {len(data.missing)} clips of {manifest} have no audio; they are kept unchanged")
     hierarchy = Ontology.load(ontology)
@@ -596,11 +670,11 @@ def enhance_labels_command(
 def ensemble_command(
     checkpoints: Annotated[list[Path], typer.Argument(help="Tagger checkpoints, e.g. runs/a/epoch_*.pt, or saved "
                                                       "predictions (.npz from tagger evaluate).")],
-    out: Annotated[Path, typer.Option(help="The file to write: an ensemble or averaged checkpoint (.pt), or "
-                                      "combined predictions (.npz).")],
+    out: Annotated[Path | None, typer.Option(help="The file to write: an ensemble or averaged checkpoint (.pt), or "
+                                             "combined predictions (.npz); default: next to the inputs.")] = None,
     mode: Annotated[str, typer.Option(help="predictions: one file holding the members, outputs combined; "
-                                      "weights: average the parameters of one model's checkpoints.")
-                    ] = "predictions",
+                                      "weights: average the parameters of one model's checkpoints; auto: weights "
+                                      "for checkpoints of one run, else predictions.")] = "auto",
     select: Annotated[str, typer.Option(help="all, epochs>=N, best:K or greedy (the last two need --valid).")
                       ] = "all",
     combine: Annotated[str, typer.Option(help="predictions: auto (the members' convention), mean-prob, "
@@ -654,7 +728,7 @@ def ensemble_command(
 
             result = run_ensemble(checkpoints, settings, Hooks(console.log, progress))
     except KeyboardInterrupt:
-        console.log(f"interrupted; {out} was not written")
+        console.log(f"interrupted; {settings.out or 'the output'} was not written")
         raise typer.Exit(130) from None
     if report is not None:
         atomic_write_text(report, result.to_json() + "\n")
@@ -662,7 +736,7 @@ def ensemble_command(
         console.stdout.out(result.to_json(), highlight=False)
     else:
         console.render(result.rows(), fmt, title=result.title())
-    console.log(f"wrote {out} ({time.perf_counter() - started:.1f} s)")
+    console.log(f"wrote {settings.out} ({time.perf_counter() - started:.1f} s)")
 
 
 def _parse_weights(text: str | None) -> list[float] | None:

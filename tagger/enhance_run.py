@@ -8,6 +8,7 @@ other thresholds, or on a manifest with a few new clips, scores only what it has
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,6 +214,20 @@ def _encode(manifest: Manifest, labels: LabelSet, mapping: LabelSet | None) -> t
                           f"{shown}{more}; pass --labels with a file mapping them to the teacher's classes, "
                           "or use a teacher trained on this label set")
     return targets, by_name and targets.any()
+
+
+AUDIOSET_ONTOLOGY = "https://raw.githubusercontent.com/audioset/ontology/master/ontology.json"
+_AUDIOSET_ID = re.compile(r"^/[mgt]/[0-9a-z_]+$")  # AudioSet class ids are Freebase-style MIDs: /m/09x0r, /t/dd00004
+
+
+def missing_ontology(manifest: Manifest) -> str:
+    """What to say when no --ontology was given: where AudioSet's comes from when these are AudioSet labels."""
+    used = {label for example in manifest.examples for label in example.labels}
+    if used and sum(bool(_AUDIOSET_ID.match(label)) for label in used) >= 0.9 * len(used):
+        return (f"enhancement needs the class hierarchy, and these are AudioSet labels: download AudioSet's ontology "
+                f"({AUDIOSET_ONTOLOGY}) and pass --ontology ontology.json")
+    return ("enhancement needs the class hierarchy: pass --ontology ontology.json (AudioSet's) or a CSV of "
+            "parent,child rows")
 
 
 def _check_ontology(targets: np.ndarray, labels: LabelSet, ontology: Ontology, manifest: Manifest) -> None:

@@ -34,8 +34,10 @@ def import_checkpoint(
     labels: LabelSet | None = None,
     task: str = "multilabel",
     force: bool = False,
+    source: dict | None = None,
 ) -> ImportResult:
-    """Convert, strictly load (one-line error on the first bad key), and save as a tagger checkpoint."""
+    """Convert, strictly load (one-line error on the first bad key), and save as a tagger checkpoint; `source` is
+    the provenance `tagger pull` records."""
     out = Path(out)
     if out.exists() and not force:
         raise TaggerError(f"{out} exists; choose another --out or pass --force to replace it")
@@ -49,6 +51,6 @@ def import_checkpoint(
     elif len(labels) != model.num_classes:
         raise TaggerError(f"the label file has {len(labels)} classes but the checkpoint has {model.num_classes}")
     train = {"imported_from": Path(path).name, "family": family, "notes": notes}
-    save_checkpoint(out, model, labels, task=task, train=train)
+    save_checkpoint(out, model, labels, task=task, train=train, source=source)
     parameters = sum(p.numel() for p in model.parameters())
     return ImportResult(out, weights.arch, model.num_classes, parameters, notes)

@@ -10,6 +10,20 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_tagger_home(tmp_path_factory):
+    """Tests never read or write the user's cache ($TAGGER_HOME): a model pulled there would change defaults."""
+    import os
+
+    old = os.environ.get("TAGGER_HOME")
+    os.environ["TAGGER_HOME"] = str(tmp_path_factory.mktemp("tagger-home"))
+    yield
+    if old is None:
+        os.environ.pop("TAGGER_HOME", None)
+    else:
+        os.environ["TAGGER_HOME"] = old
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or a clean skip when a user's clone has none."""
     path = SHARED.joinpath(*parts)

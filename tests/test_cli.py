@@ -39,6 +39,15 @@ def test_python_dash_m_runs_the_cli():
     assert done.returncode == 0 and __version__ in done.stdout
 
 
+def test_help_names_value_kinds_as_click_does():
+    """TEXT, PATH, INTEGER and FILES... in help, not typer's <str> / <list[Path]> annotations."""
+    done = subprocess.run([sys.executable, "-m", "tagger", "ensemble", "--help"], capture_output=True, text=True,
+                          env={"COLUMNS": "120", "PATH": ""}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "CHECKPOINTS" in done.stdout and "PATH..." in done.stdout and "INTEGER" in done.stdout
+    assert "<" not in done.stdout.replace("<=", "")
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     missing = tmp_path / "nowhere.csv"
     done = subprocess.run(

@@ -120,6 +120,17 @@ def test_user_errors_are_one_line(weak, oracle, tmp_path, extra, message):
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+def test_audioset_labels_without_ontology_say_where_it_is(weak, oracle, tmp_path):
+    rows = weak["train"].read_text().splitlines()
+    manifest = weak["train"].with_name("audioset-ids.csv")  # the same clips, labelled with AudioSet ids
+    manifest.write_text("\n".join([rows[0], *(f"{row.split(',')[0]},/m/09x0r,{k}" for k, row in enumerate(rows[1:]))])
+                        + "\n")
+    result = invoke("enhance-labels", manifest, "--teacher", oracle, "--out", tmp_path / "o.csv")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "these are AudioSet labels" in line and "ontology.json" in line and "--ontology ontology.json" in line
+
+
 def test_teacher_with_other_classes_names_the_missing_ones(weak, tmp_path):
     other = LabelSet(["tone", "chirp"])
     probabilities = np.full((2, 2), 0.5)

@@ -410,12 +410,14 @@ def test_cli_bad_options_are_one_line(clips, mn01_checkpoint, args, message):
     assert lines[-1].startswith("error:") and message in lines[-1]
 
 
-def test_cli_without_model_explains_what_to_do(clips, monkeypatch):
+def test_cli_without_model_names_the_pull_command(clips, monkeypatch, tmp_path):
     monkeypatch.delenv("TAGGER_MODEL", raising=False)
+    monkeypatch.setenv("TAGGER_HOME", str(tmp_path / "home"))
     monkeypatch.setattr("tagger.runtime.Path.is_file", lambda self: False)
-    result = invoke(clips["a"])
+    result = invoke(clips["a"], "--top-k", "5")
     assert result.exit_code == 2
-    assert "import-checkpoint" in result.stderr and "tagger train" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "run `tagger pull efficientat-mn10`" in line and "--model" in line
 
 
 def test_default_model_from_the_environment(clips, mn01_checkpoint, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +15,14 @@ import torch
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
 
-MODES = ("predictions", "weights")
+MODES = ("auto", "predictions", "weights")
 COMBINE_CHOICES = ("auto", "mean-prob", "mean-logit", "weighted")
 
 
 @dataclass
 class EnsembleSettings:
-    out: Path
-    mode: str = "predictions"
+    out: Path | None = None  # None: next to the inputs (`default_out`)
+    mode: str = "auto"  # auto: weights for checkpoints of one run, else predictions (`suggested_mode`)
     select: str = "all"
     combine: str = "auto"
     weights: list[float] | None = None  # one per checkpoint as given; None: uniform (or learned with "weighted")
@@ -91,14 +92,26 @@ def run_ensemble(paths: Sequence[str | Path], settings: EnsembleSettings, hooks:
     from tagger.ensemble.saved import is_saved_predictions, run_saved
     from tagger.ensemble.selection import parse_selection
 
+    if settings.mode not in MODES:
+        raise TaggerError(f"--mode {settings.mode!r} is not one of {', '.join(MODES)}")
     saved = is_saved_predictions(paths)
-    _check_settings(settings, saved)
+    defaulted = settings.out is None
     if saved:
+        settings.mode = "predictions" if settings.mode == "auto" else settings.mode
+        _choose_out(paths, settings, hooks)
+        _check_settings(settings, saved)
         return run_saved(paths, settings, hooks)
     selection = parse_selection(settings.select)
     if selection.needs_validation and settings.valid is None:
         raise TaggerError(f"--select {settings.select} ranks checkpoints on validation data: add --valid MANIFEST")
+    if defaulted:  # an earlier run's output, caught by the same glob (`ckpts/*.pt`), is not an input
+        paths = [p for p in paths if not _is_default_out(p, paths)]
     candidates = load_candidates(paths, settings, hooks)
+    if settings.mode == "auto":
+        settings.mode, why = suggested_mode(candidates, settings)
+        hooks.log(f"--mode {settings.mode}: {why}")
+    _choose_out(paths, settings, hooks)
+    _check_settings(settings, saved)
     if settings.mode == "weights":
         from tagger.ensemble.averaging import check_compatible
 
@@ -124,9 +137,56 @@ def run_ensemble(paths: Sequence[str | Path], settings: EnsembleSettings, hooks:
     return build_prediction_ensemble(candidates, pool, selection, labels, task, validation, settings, hooks)
 
 
+def suggested_mode(candidates: Sequence[Candidate], settings: EnsembleSettings) -> tuple[str, str]:
+    """weights for checkpoints of one run (one folder, one architecture and setting, one label set: epochs whose
+    parameters can be averaged), predictions for anything else, unless an option belongs to one mode only; with
+    the reason, to print."""
+    from tagger.ensemble.averaging import check_compatible
+
+    if settings.combine != "auto":
+        return "predictions", f"--combine {settings.combine} combines the outputs of the checkpoints"
+    if settings.bn_recalibrate is not None:
+        return "weights", "--bn-recalibrate re-estimates the statistics of averaged parameters"
+    folders = {str(Path(c.source).resolve().parent) for c in candidates}
+    if len(candidates) > 1 and len(folders) == 1:
+        try:
+            check_compatible([c.payload for c in candidates], [c.source for c in candidates])
+        except TaggerError:
+            pass
+        else:
+            return "weights", (f"{len(candidates)} checkpoints of one run ({candidates[0].arch} in "
+                               f"{Path(candidates[0].source).parent}): their parameters are averaged")
+    runs = "one checkpoint" if len(candidates) == 1 else f"checkpoints of {len(folders)} folders or architectures"
+    return "predictions", f"{runs}: their outputs are combined in one ensemble file"
+
+
+def default_out(paths: Sequence[str | Path], mode: str) -> Path:
+    """Next to the inputs: weight-average.pt in the run folder, ensemble.pt (or .npz for saved predictions) in the
+    folder the inputs share."""
+    from tagger.ensemble.saved import SUFFIX, is_saved_predictions
+
+    if mode == "weights":
+        return Path(paths[0]).parent / "weight-average.pt"
+    folders = [str(Path(p).resolve().parent) for p in paths]
+    shared = Path(os.path.commonpath(folders))
+    if shared == Path(shared.anchor):  # inputs from unrelated places: beside the first one
+        shared = Path(folders[0])
+    suffix = SUFFIX if is_saved_predictions(paths) else ".pt"
+    return Path(os.path.relpath(shared / f"ensemble{suffix}"))
+
+
+def _is_default_out(path: str | Path, paths: Sequence[str | Path]) -> bool:
+    resolved = Path(path).resolve()
+    return any(resolved == default_out(paths, mode).resolve() for mode in ("weights", "predictions"))
+
+
+def _choose_out(paths: Sequence[str | Path], settings: EnsembleSettings, hooks: Hooks) -> None:
+    if settings.out is None and paths:
+        settings.out = default_out(paths, settings.mode)
+        hooks.log(f"no --out given: writing {settings.out}")
+
+
 def _check_settings(settings: EnsembleSettings, saved: bool = False) -> None:
-    if settings.mode not in MODES:
-        raise TaggerError(f"--mode {settings.mode!r} is not one of {', '.join(MODES)}")
     if settings.combine not in COMBINE_CHOICES:
         raise TaggerError(f"--combine {settings.combine!r} is not one of {', '.join(COMBINE_CHOICES)}")
     if settings.mode == "weights" and settings.combine != "auto":
@@ -156,13 +216,13 @@ def load_candidates(paths: Sequence[str | Path], settings: EnsembleSettings, hoo
     if not paths:
         raise TaggerError("no checkpoints given; e.g. tagger ensemble runs/a/best.pt runs/b/best.pt --out ens.pt")
     weights = None if settings.weights is None else check_weights(settings.weights, len(paths))
-    out = Path(settings.out).resolve()
+    out = None if settings.out is None else Path(settings.out).resolve()
     candidates: list[Candidate] = []
     for index, path in enumerate(paths):
         path = Path(path)
         if path.is_dir():
             raise TaggerError(f"{path} is a folder; pass its checkpoints, e.g. {path / 'epoch_*.pt'}")
-        if path.resolve() == out:
+        if out is not None and path.resolve() == out:
             raise TaggerError(f"--out {settings.out} is also an input checkpoint; choose another --out")
         payload = read_torch_file(path, mmap=True)
         if is_ensemble(payload):

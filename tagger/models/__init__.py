@@ -12,7 +12,8 @@ from tagger.models.base import TaggerModel, TaggerOutput, logit_from_probability
 
 __all__ = [
     "TaggerModel", "TaggerOutput", "logit_from_probability", "register_model", "create_model", "list_models",
-    "model_entry", "ModelEntry", "ImportedWeights", "register_importer", "importer",
+    "model_entry", "ModelEntry", "ImportedWeights", "register_importer", "importer", "resolve_arch",
+    "FAMILY_DEFAULTS",
 ]
 
 # Family modules register their models when imported; they are imported on first use of the registry.
@@ -25,6 +26,16 @@ _FAMILY_MODULES = (
     "tagger.models.ast",
     "tagger.models.htsat",
 )
+
+# What a family name means as an architecture (`--arch ast`): the paper's main AudioSet model of each family.
+FAMILY_DEFAULTS = {
+    "ast": "ast-base384",  # AST: DeiT-B at 384, 10/10 strides, 1024 frames (the AudioSet 0.459 model)
+    "passt": "passt-s-p16-s10",  # PaSST-S, patch 16, stride 10 (the 0.476 SWA model)
+    "htsat": "htsat-tiny",  # HTS-AT: Swin-T, window 8 (0.471)
+    "psla": "psla-effnet-b2-att4",  # PSLA: EfficientNet-B2 with 4-head attention pooling (0.444)
+    "panns": "panns-cnn14",  # PANNs: Cnn14 (0.431)
+    "efficientat": "efficientat-mn10",  # EfficientAT: MobileNetV3 width 1.0 (0.471), the official inference default
+}
 
 
 @dataclass(frozen=True)
@@ -69,24 +80,40 @@ def _load_family_of(name: str) -> None:
             importlib.import_module(module)
 
 
-def model_entry(name: str) -> ModelEntry:
+def resolve_arch(name: str) -> str:
+    """The registered name `name` stands for: itself, a family's default (`ast` -> `ast-base384`), or a name
+    without its family prefix when only one family has it (`cnn14` -> `panns-cnn14`, `mn10` -> `efficientat-mn10`).
+    """
+    name = FAMILY_DEFAULTS.get(name, name)
     if name not in _REGISTRY:
         _load_family_of(name)
     if name not in _REGISTRY:
         _load_families()
-    if name not in _REGISTRY:
-        close = [n for n in sorted(_REGISTRY) if name.split("-")[0] in n][:8] or sorted(_REGISTRY)[:8]
-        raise TaggerError(f"unknown model {name!r}; e.g. {', '.join(close)} (see `tagger models`)")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return name
+    short = [full for full, entry in _REGISTRY.items() if full == f"{entry.family}-{name}"]
+    if len(short) == 1:
+        return short[0]
+    close = [n for n in sorted(_REGISTRY) if name.split("-")[0] in n][:8] or sorted(_REGISTRY)[:8]
+    families = ", ".join(sorted(FAMILY_DEFAULTS))
+    raise TaggerError(f"unknown model {name!r}; e.g. {', '.join(close)}, or a family name ({families}) for its "
+                      "main AudioSet model (see `tagger models`)")
+
+
+def model_entry(name: str) -> ModelEntry:
+    return _REGISTRY[resolve_arch(name)]
 
 
 def create_model(name: str, num_classes: int = 527, init: str | None = None, **kwargs: Any) -> TaggerModel:
     """Build a registered model; `arch` and `model_kwargs` are recorded on it for checkpoints.
 
+    `name` may be a family name or a short name (see `resolve_arch`); the full name is what gets recorded.
+
     init="imagenet:/path/weights.pth" loads a local ImageNet checkpoint into the trunk, for families that
     implement `init_from_imagenet(state_dict) -> list[str]` (notes on what was adapted or skipped).
     """
-    entry = model_entry(name)
+    name = resolve_arch(name)
+    entry = _REGISTRY[name]
     if num_classes < 1:
         raise TaggerError(f"num_classes must be >= 1, got {num_classes}")
     try:

@@ -335,6 +335,9 @@ def build_config(recipe: str | None = None, overrides: list[str] | tuple[str, ..
         _set(config, key, value, f"--set {key}")
     if not config.model.arch:
         raise TaggerError("no model chosen: pass --arch NAME (see `tagger models`) or a recipe that sets model.arch")
+    from tagger.models import resolve_arch
+
+    config.model.arch = resolve_arch(config.model.arch)  # `ast` -> `ast-base384`: the run records the full name
     return validate(config)
 
 

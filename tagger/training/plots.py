@@ -69,6 +69,16 @@ def _series(rows: Iterable[Mapping[str, object]], x_key: str, names: Sequence[st
     return {name: points for name, points in series.items() if points}
 
 
+def _ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """Round positions for the x axis: whole epochs (or steps) every 1, 2, 5, 10, ... so that at most `most`
+    fit; halves and quarters only when the run spans less than two."""
+    steps = [0.25, 0.5] if high - low < 2 else []
+    steps += [m * 10**k for k in range(9) for m in (1, 2, 5)]
+    step = next(s for s in steps if (high - low) / s <= most - 1)
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + k * step for k in range(int((high - first) / step + 1e-9) + 1)]
+
+
 def _span(low: float, high: float) -> tuple[float, float]:
     """Give a single value (one point, or a flat curve) some room either side."""
     if high - low < 1e-12:
@@ -106,14 +116,14 @@ def _panel(
             bottom - inset - (y - y_low) / (y_high - y_low) * (bottom - top - 2 * inset),
         )
 
-    for i in range(5):
-        x = x_low + (x_high - x_low) * i / 4
-        y = y_low + (y_high - y_low) * i / 4
-        px, py = to_pixel(x, y)
+    for x in _ticks(x_low, x_high):
+        px, _ = to_pixel(x, y_low)
         draw.line((px, top + 1, px, bottom - 1), fill=_GRID)
+        _text(draw, font, (px, bottom + 6), f"{x:g}", "centre")
+    for i in range(5):
+        _, py = to_pixel(x_low, y_low + (y_high - y_low) * i / 4)
         draw.line((left + 1, py, right - 1, py), fill=_GRID)
-        _text(draw, font, (px, bottom + 6), f"{x:.3g}", "centre")
-        _text(draw, font, (left - 6, py - 5), f"{y:.3g}", "right")
+        _text(draw, font, (left - 6, py - 5), f"{y_low + (y_high - y_low) * i / 4:.3g}", "right")
     _text(draw, font, ((left + right) / 2, bottom + 24), x_label, "centre")
 
     for name, points in series.items():

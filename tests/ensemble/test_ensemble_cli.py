@@ -122,6 +122,30 @@ def test_best_k_and_learned_weights(setup, tmp_path):
     assert sum(m["weight"] for m in chosen) == pytest.approx(1) and "learned" in report["combine"]
 
 
+def test_without_out_or_mode_the_inputs_choose(setup, tmp_path):
+    """`tagger ensemble ckpts/*.pt`: epochs of one run are averaged into the run folder, checkpoints of several
+    runs become an ensemble beside them; the choice and the file are printed."""
+    import shutil
+
+    run, other = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    run.mkdir(parents=True)
+    other.mkdir()
+    epochs = [Path(shutil.copy(e, run)) for e in setup["epochs"]]
+    result = _tagger("ensemble", *epochs)
+    assert result.exit_code == 0, result.output
+    assert "--mode weights: 4 checkpoints of one run" in result.stderr
+    assert (run / "weight-average.pt").is_file() and f"writing {run / 'weight-average.pt'}" in result.stderr
+    assert read_torch_file(run / "weight-average.pt")["train"]["averaged"]["sources"] == [str(e) for e in epochs]
+    again = _tagger("ensemble", *run.glob("*.pt"))  # the glob now also holds the average: it is not an input
+    assert again.exit_code == 2 and "weight-average.pt exists; pass --force" in again.stderr
+
+    cnn6 = Path(shutil.copy(setup["cnn6"], other))
+    result = _tagger("ensemble", epochs[-1], cnn6, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert "--mode predictions: checkpoints of 2 folders" in result.stderr
+    assert json.loads(result.stdout)["mode"] == "predictions" and (tmp_path / "runs" / "ensemble.pt").is_file()
+
+
 @pytest.mark.parametrize("more, options, message", [
     (["CNN6"], ["--mode", "weights"], "differs from"),
     (["AST"], ["--mode", "weights", "--bn-recalibrate", "TRAIN"], "differs from"),

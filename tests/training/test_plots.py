@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tagger.training.plots import COLOURS, HEIGHT, PLOT_BOTTOM, PLOT_TOP, WIDTH, plot_curves
@@ -78,3 +79,15 @@ def test_no_rows_still_writes_an_image_and_replaces_the_old_one(tmp_path):
         assert image.size == (WIDTH, HEIGHT)
         assert not any(colour_pixels(image, colour, panel) for colour in COLOURS.values() for panel in (0, 1))
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+@pytest.mark.parametrize(("low", "high", "expected"), [
+    (1, 10, [2, 4, 6, 8, 10]),  # whole epochs, never 3.25 or 5.5
+    (1, 4, [1, 2, 3, 4]),
+    (0, 1.5, [0, 0.5, 1, 1.5]),  # fractions only when the run is shorter than two epochs
+    (100, 5000, [1000, 2000, 3000, 4000, 5000]),  # steps
+])
+def test_x_ticks_are_round(low, high, expected):
+    from tagger.training.plots import _ticks
+
+    assert _ticks(low, high) == pytest.approx(expected)
