@@ -30,6 +30,8 @@ class DataConfig:
     clip_seconds: float = 10.0  # training clips are cropped/padded to this length (random crop)
     eval_clip_seconds: float = 0.0  # validation clip length; 0 = clip_seconds (centre crop)
     batch_size: int = 32
+    micro_batches: int = 1  # each batch runs as this many micro-batches, gradients accumulated (the memory check
+    # raises it when a whole batch would not fit); batch_size stays the batch the optimizer sees
     eval_batch_size: int = 0  # 0 = batch_size
     num_workers: int = 2
     sampler: str = "shuffle"  # shuffle | balanced
@@ -145,8 +147,8 @@ NON_NEGATIVE = (
     "run.eval_every_steps", "run.patience", "run.seed",
 )
 POSITIVE = (
-    "data.batch_size", "augment.wave_mixup_alpha", "augment.spec_mixup_alpha", "optim.lr", "optim.eps",
-    "optim.accumulate", "run.epochs", "run.save_every_steps", "loss.kd_temperature",
+    "data.batch_size", "data.micro_batches", "augment.wave_mixup_alpha", "augment.spec_mixup_alpha", "optim.lr",
+    "optim.eps", "optim.accumulate", "run.epochs", "run.save_every_steps", "loss.kd_temperature",
 )
 
 
@@ -317,9 +319,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise TaggerError(f"optim.betas={config.optim.betas} must be two numbers in [0, 1)")
     if config.data.clip_seconds <= 0:
         raise TaggerError(f"data.clip_seconds={config.data.clip_seconds} must be > 0")
-    if config.augment.spec_mixup == "pairs" and config.data.batch_size % 2:
-        raise TaggerError(f"augment.spec_mixup=pairs mixes clips two by two; data.batch_size "
-                          f"{config.data.batch_size} must be even")
+    if config.data.batch_size % config.data.micro_batches:
+        raise TaggerError(f"data.micro_batches={config.data.micro_batches} must divide data.batch_size "
+                          f"{config.data.batch_size}")
+    if config.augment.spec_mixup == "pairs" and (config.data.batch_size // config.data.micro_batches) % 2:
+        raise TaggerError(f"augment.spec_mixup=pairs mixes clips two by two; each (micro-)batch of "
+                          f"{config.data.batch_size // config.data.micro_batches} clips must be even")
     return config
 
 

@@ -161,15 +161,17 @@ class Trainer:
         torch.manual_seed(_seed(cfg.run.seed, 0, 2**31))  # the same seed gives the same initial weights
         self.model, init_notes = build_model(cfg, self.labels, saved_kwargs)
         self.model.to(self.ctx.device)
+        self.init_notes = init_notes
         self._check_batch()
         self.state = TrainState()
         self._build_data()
+        if not resume:  # a resumed run keeps the split it started with, so its steps stay the same
+            self._fit_memory()
         self.net = self._wrap(FeatureNet(self.model))
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" else None
         if cfg.run.precision == "fp16" and self.ctx.device.type != "cuda":
             raise TaggerError("run.precision=fp16 needs a CUDA device; use bf16 on the CPU")
-        self.init_notes = init_notes
         self.fill = self._mask_fill()
         if resume:
             self._load_resume()
@@ -187,12 +189,44 @@ class Trainer:
 
     def _check_batch(self) -> None:
         cfg = self.config.data
-        if cfg.batch_size % self.ctx.world_size:
+        if cfg.batch_size % (self.ctx.world_size * cfg.micro_batches):
             raise TaggerError(f"data.batch_size {cfg.batch_size} is the global batch; it must divide by the "
-                              f"{self.ctx.world_size} processes")
-        self.rank_batch = cfg.batch_size // self.ctx.world_size
+                              f"{self.ctx.world_size} processes times data.micro_batches={cfg.micro_batches}")
+        self.rank_batch = cfg.batch_size // self.ctx.world_size  # what one process adds to an optimizer step
+        self.loader_batch = self.rank_batch // cfg.micro_batches  # what one forward pass takes
+        self.group = self.config.optim.accumulate * cfg.micro_batches  # forward passes per optimizer step
         eval_batch = cfg.eval_batch_size or cfg.batch_size
         self.eval_batch = max(1, eval_batch // self.ctx.world_size)
+
+    def _fit_memory(self) -> None:
+        """Run each batch as micro-batches with accumulated gradients when a whole batch would not fit in memory;
+        the optimizer sees the same batches, so the recipe is unchanged (config.toml records data.micro_batches)."""
+        from tagger.training.memory import free_bytes, optimizer_bytes, plan_batch, saved_bytes_per_clip
+
+        cfg = self.config
+        if self.rank_batch < 2 or cfg.data.micro_batches != 1:
+            return
+        sample = self.train_set[(0, 0, 0)]
+        with torch.no_grad():
+            spec = sample["features"] if "features" in sample else self.model.frontend(sample["wave"][None])[0]
+        self.model.train()
+        with self._autocast():
+            per_clip = saved_bytes_per_clip(FeatureNet(self.model), spec.to(self.ctx.device))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.ctx.device.type == "cpu" else 1
+        even = cfg.augment.spec_mixup == "pairs"
+        fit = plan_batch(self.rank_batch, per_clip, optimizer_bytes(self.model), free_bytes(self.ctx.device, local),
+                         even=even)
+        if fit.split == 1:
+            return
+        cfg.data.micro_batches = fit.split
+        batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.init_notes.append(
+            f"memory: a batch of {fit.batch} clips needs about {fit.needed / 1e9:.1f} GB and {fit.free / 1e9:.1f} GB "
+            f"are free, so each batch runs as {fit.split} micro-batches of {fit.micro} with gradients accumulated "
+            f"(data.micro_batches={fit.split}): the optimizer sees the same batches"
+            + (", BatchNorm statistics come from the micro-batches" if batchnorm else ""))
+        self._check_batch()
+        self._build_data()
 
     def _build_data(self) -> None:
         cfg, ctx = self.config, self.ctx
@@ -221,11 +255,12 @@ class Trainer:
             self.valid_set = TrainFeatures(view, self.valid_targets, self.valid_source.ids)
         else:
             self.valid_set = EvalWaves(self.valid_source, self.valid_targets, rate, eval_seconds)
-        self.batches_per_epoch = len(self.sampler) // self.rank_batch
-        if self.batches_per_epoch < 1:
+        whole = len(self.sampler) // self.rank_batch
+        if whole < 1:
             raise TaggerError(f"an epoch of {len(self.sampler)} clips per process is less than one batch of "
                               f"{self.rank_batch}; lower data.batch_size or raise data.epoch_length")
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accumulate)
+        self.batches_per_epoch = whole * cfg.data.micro_batches  # forward passes (micro-batches) per epoch
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.group)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if self.ctx.distributed:
@@ -333,8 +368,8 @@ class Trainer:
     def _train_epoch(self, bar, task) -> None:
         cfg, state = self.config, self.state
         self.sampler.set_epoch(state.epoch)
-        self.sampler.load_state_dict({"epoch": state.epoch, "position": state.batch * self.rank_batch})
-        loader = make_loader(self.train_set, self.rank_batch, cfg.data.num_workers,
+        self.sampler.load_state_dict({"epoch": state.epoch, "position": state.batch * self.loader_batch})
+        loader = make_loader(self.train_set, self.loader_batch, cfg.data.num_workers,
                              sampler=PositionedSampler(self.sampler), drop_last=True,
                              pin_memory=self.ctx.device.type == "cuda")
         self.model.train()
@@ -345,7 +380,7 @@ class Trainer:
             if state.batch >= self.batches_per_epoch:
                 break
             self._train_batch(batch)
-            window_clips += self.rank_batch * self.ctx.world_size
+            window_clips += self.loader_batch * self.ctx.world_size
             rate = window_clips / max(time.perf_counter() - window_start, 1e-9)
             self.clips_per_s = rate
             loss = state.loss_sum / max(state.loss_count, 1)
@@ -402,7 +437,7 @@ class Trainer:
                 if teacher is not None:
                     teacher = mix_targets(teacher, plan)  # soft targets, mixed as probabilities (EfficientAT)
                     has_teacher = has_teacher[plan.first] & (has_teacher[plan.second] if plan.mix_targets else True)
-        if state.batch % cfg.optim.accumulate == 0:  # the first micro-batch of an optimizer step
+        if state.batch % self.group == 0:  # the first micro-batch of an optimizer step
             self._set_lr()
         last_micro = self._ends_step(state.batch)
         sync = nullcontext() if last_micro or not self.ctx.distributed else self.net.no_sync()
@@ -414,7 +449,7 @@ class Trainer:
                 raise TaggerError(
                     f"non-finite training loss ({loss.item()}) at epoch {state.epoch + 1}, step {state.step}; "
                     f"the last good checkpoint stays in {self.paths.dir}; lower optim.lr or use run.precision=fp32")
-            scaled = loss / cfg.optim.accumulate
+            scaled = loss / self.group
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         state.loss_sum += float(loss.detach())
         state.loss_count += 1
@@ -425,7 +460,7 @@ class Trainer:
 
     def _ends_step(self, batch: int) -> bool:
         """Whether micro-batch `batch` (0-based in the epoch) is the last of an optimizer step."""
-        return (batch + 1) % self.config.optim.accumulate == 0 or batch + 1 == self.batches_per_epoch
+        return (batch + 1) % self.group == 0 or batch + 1 == self.batches_per_epoch
 
     def _optimizer_step(self) -> None:
         clip = self.config.optim.clip_grad

@@ -215,3 +215,32 @@ def test_single_label_data_trains_as_multiclass_with_accuracy(tmp_path):
     result = _run(config("run.epochs=1"), paths, tmp_path / "run")
     assert result.metric == "accuracy" and "accuracy" in _rows(tmp_path / "run")[0]
     assert load_checkpoint(tmp_path / "run" / "best.pt")[1]["task"] == "multiclass"
+
+
+def test_a_batch_too_big_for_memory_runs_as_micro_batches(synth_set, tmp_path, monkeypatch, capsys):
+    """Told that memory holds 2 clips but not 4, the trainer splits each batch of 4 into 2 micro-batches with
+    accumulated gradients: the same effective batch, so the same weights for a model without BatchNorm, with the
+    split recorded in config.toml and said once."""
+    from tagger.models import create_model
+    from tagger.training import memory
+
+    settings = ("model.kwargs.input_tdim=100", "run.epochs=1")
+    whole = tmp_path / "whole"
+    _run(tiny_config(*settings, arch="ast-tiny224"), synth_set, whole)
+
+    model = create_model("ast-tiny224", num_classes=len(LabelSet.from_csv(synth_set["labels"])), input_tdim=100)
+    with torch.no_grad():
+        spec = model.frontend(torch.zeros(1, 16000))[0]
+    per_clip = memory.saved_bytes_per_clip(trainer.FeatureNet(model.train()), spec)
+    fixed = memory.optimizer_bytes(model)
+    monkeypatch.setattr(memory, "free_bytes", lambda device, local=1: (fixed + 3 * per_clip) / memory.HEADROOM)
+    split = tmp_path / "split"
+    _run(tiny_config(*settings, arch="ast-tiny224"), synth_set, split)
+
+    assert "2 micro-batches of 2 with gradients accumulated" in capsys.readouterr().err
+    config = (split / "config.toml").read_text()
+    assert "batch_size = 4" in config and "micro_batches = 2" in config
+    assert [r["step"] for r in _rows(split)] == [r["step"] for r in _rows(whole)]
+    # Adam's steps move weights by about 1e-3 each; summation order moves them by at most 2e-5 (measured).
+    for key, value in _state(whole / "last.pt").items():
+        torch.testing.assert_close(_state(split / "last.pt")[key], value, rtol=0, atol=1e-4)
