@@ -31,34 +31,18 @@ stderr = Console(stderr=True, soft_wrap=True)
 
 def progress(rate_unit: str = "clips") -> Progress:
     """A progress bar on stderr showing a rate; silent when stderr is not a terminal (logs, CI)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=not stderr.is_terminal,
-        transient=False,
-        refresh_per_second=4,
-    )
+    return _bar(MofNCompleteColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                TimeRemainingColumn())
 
 
 def download_progress() -> Progress:
     """A byte-counting progress bar on stderr (downloads); silent when stderr is not a terminal."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=not stderr.is_terminal,
-        transient=False,
-        refresh_per_second=4,
-    )
+    return _bar(DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+
+
+def _bar(*columns) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), *columns, console=stderr,
+                    disable=not stderr.is_terminal, transient=False, refresh_per_second=4)
 
 
 def log(message: str) -> None:
