@@ -34,6 +34,17 @@ def balanced_weights(targets: np.ndarray, formula: str = "ast") -> np.ndarray:
     return positives.astype(np.float64) @ label_weight
 
 
+def balanced_weights_csr(labels, columns: np.ndarray, num_classes: int, formula: str = "ast") -> np.ndarray:
+    """`balanced_weights` from CSR labels (a tagger.data.table.LabelColumn and its vocabulary -> class map),
+    vectorised, so 2 M clips never become a dense (N, C) matrix."""
+    if formula not in WEIGHT_OFFSETS:
+        raise TaggerError(f"unknown balancing formula {formula!r}; use one of {', '.join(WEIGHT_OFFSETS)}")
+    classes = np.asarray(columns)[np.asarray(labels.indices)]  # a LabelColumn lists each label once per clip
+    rows = labels.row_ids()
+    label_weight = 1000.0 / (np.bincount(classes, minlength=num_classes) + WEIGHT_OFFSETS[formula])
+    return np.bincount(rows, weights=label_weight[classes], minlength=len(labels)).astype(np.float64)
+
+
 def write_weights_csv(weights: np.ndarray, path: str | Path) -> None:
     """AST's `<name>_weight.csv`: one float per line, in manifest order (repr keeps every bit)."""
     from tagger.fileio import atomic_write_text

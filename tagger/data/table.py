@@ -69,7 +69,7 @@ class LabelColumn:
         indices: list[int] = []
         indptr = [0]
         for labels in label_lists:
-            for label in labels:
+            for label in dict.fromkeys(labels):  # once per clip, as in a multi-hot row
                 indices.append(position.setdefault(label, len(position)))
             indptr.append(len(indices))
         return cls(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int32), list(position))
