@@ -264,8 +264,6 @@ def label_mapper(model_labels: LabelSet, mapping: LabelSet | str | Path | None =
 def encode_examples(examples: Sequence[Example], labels: LabelSet, task: str,
                     index: Callable[[str], int | None] | None = None) -> np.ndarray:
     """(N, C) float32 multi-hot targets in the model's class order, with one-line errors naming the clip."""
-    from tagger.training.data import Source, encode_targets
-
     index = index or label_mapper(labels)
     if examples and not any(example.labels for example in examples):
         raise TaggerError(f"no clip has a label (e.g. {examples[0].path}); evaluation needs a labelled manifest")
@@ -294,8 +292,7 @@ def encode_examples(examples: Sequence[Example], labels: LabelSet, task: str,
             f"{example.path}: label {label!r} is not one of the model's {len(labels)} classes ({shown}){more}; "
             "pass --labels with a label file that maps the manifest's labels, or use the matching checkpoint"
         )
-    source = Source(Path("."), [e.id for e in examples], label_lists, examples=list(examples))
-    return encode_targets(labels, source)
+    return labels.encode_many(label_lists)
 
 
 def _examples(data, manifest_format: str, folds, split, audio_dir) -> tuple[list[Example], list[Example], str]:

@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tagger import audio
 from tagger.augment import draw_mix_lambda, mix_waveforms, random_gain, time_roll
+from tagger.data.clips import Clips, open_clips
 from tagger.data.dataset import CachedFeatureDataset
-from tagger.data.manifests import Example, read_manifest
-from tagger.data.sampling import WeightedSampler, balanced_weights
+from tagger.data.sampling import WeightedSampler, balanced_weights_csr
 from tagger.data.store import FeatureStore
+from tagger.data.table import ClipTable, LabelColumn, StringColumn
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
 from tagger.training.config import AugmentConfig, DataConfig
@@ -29,16 +30,29 @@ from tagger.training.config import AugmentConfig, DataConfig
 
 @dataclass
 class Source:
-    """A training or validation set: the examples of a manifest, or a feature store made by extract-features."""
+    """A training or validation set: clips (a manifest, pack or AudioSet HDF5 file) or a feature store made by
+    extract-features, with its ids and labels as columns (no per-clip objects, whatever the size)."""
 
     path: Path
-    ids: list[str]
-    label_lists: list[tuple[str, ...]]
-    examples: list[Example] | None = None  # audio clips
+    clips: Clips | None = None  # audio
     store: FeatureStore | None = None  # cached features
 
+    def __post_init__(self) -> None:
+        if self.clips is not None:
+            self.table = self.clips.table
+        else:
+            self.table = ClipTable.from_lists(self.store.ids, [tuple(x) for x in self.store.labels])
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.table)
+
+    @property
+    def ids(self) -> StringColumn:
+        return self.table.ids
+
+    @property
+    def labels(self) -> LabelColumn:
+        return self.table.labels
 
     @property
     def cached(self) -> bool:
@@ -50,7 +64,7 @@ def is_store(path: str | Path) -> bool:
 
 
 def read_source(path: str | Path, what: str, folds: list[int] | None = None, audio_dir: str | None = None) -> Source:
-    """Read `--train`/`--valid`: any manifest the data layer knows (with its folds), or a feature-store folder."""
+    """Read `--train`/`--valid`: a manifest (with its folds), a pack, an AudioSet HDF5 file or a feature store."""
     path = Path(path)
     if not path.exists():
         raise TaggerError(f"{what} data {path} does not exist; check the path")
@@ -58,22 +72,46 @@ def read_source(path: str | Path, what: str, folds: list[int] | None = None, aud
         store = FeatureStore(path)
         if not len(store):
             raise TaggerError(f"{what} feature store {path} holds no clips; run extract-features first")
-        return Source(path, store.ids, [tuple(x) for x in store.labels], store=store)
-    manifest = read_manifest(path, folds=folds, audio_dir=audio_dir)
-    if not manifest.examples:
-        raise TaggerError(f"{what} manifest {path} has no usable clips ({manifest.summary()})")
-    examples = manifest.examples
-    return Source(path, [e.id for e in examples], [e.labels for e in examples], examples=examples)
+        return Source(path, store=store)
+    clips = open_clips(path, folds=folds, audio_dir=audio_dir)
+    if not len(clips):
+        raise TaggerError(f"{what} data {path} has no usable clips ({clips.summary()})")
+    return Source(path, clips=clips)
 
 
 def infer_task(source: Source) -> str:
     """multiclass when every clip has exactly one label (ESC-50, Speech Commands), else multilabel."""
-    return "multiclass" if all(len(labels) == 1 for labels in source.label_lists) else "multilabel"
+    return "multiclass" if bool(np.all(np.diff(source.labels.indptr) == 1)) else "multilabel"
+
+
+def source_labels(source: Source) -> list[str]:
+    """The labels that occur in a data set, sorted (a run's classes when no label file is given)."""
+    counts = source.labels.counts()
+    return sorted(label for label, count in zip(source.labels.vocabulary, counts, strict=True) if count)
+
+
+class Targets:
+    """Soft-target rows made on demand from CSR labels: a batch expands only its own clips."""
+
+    def __init__(self, labels: LabelColumn, run_labels: LabelSet):
+        self.labels = labels
+        self.columns = labels.column_map(run_labels)
+        self.num_classes = len(run_labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.labels.dense([index], self.columns, self.num_classes)[0]
+
+    def dense(self) -> np.ndarray:
+        """Every row at once, for the (small) validation set."""
+        return self.labels.dense(np.arange(len(self.labels)), self.columns, self.num_classes)
 
 
 def encode_targets(labels: LabelSet, source: Source) -> np.ndarray:
-    """(N, C) float32 soft-target matrix (multi-hot; one-hot for single-label clips)."""
-    return labels.encode_many(source.label_lists)
+    """(N, C) float32 soft-target matrix (multi-hot; one-hot for single-label clips) of a whole (small) set."""
+    return Targets(source.labels, labels).dense()
 
 
 # ------------------------------------------------------------------------------------------ teacher
@@ -204,7 +242,7 @@ class PositionedSampler(Sampler):
             yield epoch, start + offset, index
 
 
-def build_sampler(config: DataConfig, targets: np.ndarray, seed: int, rank: int, world_size: int) -> WeightedSampler:
+def build_sampler(config: DataConfig, targets: Targets, seed: int, rank: int, world_size: int) -> WeightedSampler:
     """Plain shuffling (uniform weights, no replacement) or class-balanced sampling, split across ranks."""
     count = len(targets)
     length = config.epoch_length or count
@@ -214,7 +252,7 @@ def build_sampler(config: DataConfig, targets: np.ndarray, seed: int, rank: int,
                               "use data.sampler=balanced to draw with replacement")
         return WeightedSampler(np.ones(count), length, replacement=False, seed=seed, rank=rank,
                                world_size=world_size)
-    weights = balanced_weights(targets, config.balance_formula)
+    weights = balanced_weights_csr(targets.labels, targets.columns, targets.num_classes, config.balance_formula)
     return WeightedSampler(weights, length, replacement=config.replacement, seed=seed, rank=rank,
                            world_size=world_size)
 
@@ -229,28 +267,28 @@ def _item_rng(seed: int, epoch: int, rank: int, position: int) -> np.random.Gene
 class TrainWaves(Dataset):
     """Training clips as waveforms: random crop, gain, roll, then waveform mixup with a random other clip."""
 
-    def __init__(self, source: Source, targets: np.ndarray, sample_rate: int, clip_seconds: float,
+    def __init__(self, source: Source, targets: Targets, sample_rate: int, clip_seconds: float,
                  augment: AugmentConfig, seed: int, rank: int = 0, teacher: Teacher | None = None):
-        if source.examples is None:
+        if source.clips is None:
             raise TaggerError("TrainWaves needs audio clips, not a feature store")
-        self.examples = source.examples
+        self.clips = source.clips
         self.targets = targets
         self.sample_rate = sample_rate
         self.num_samples = int(round(clip_seconds * sample_rate))
         self.augment, self.seed, self.rank, self.teacher = augment, seed, rank, teacher
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.clips)
 
     def _clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        wave = audio.load(self.examples[index].path, self.sample_rate)
+        wave = self.clips.load(index, self.sample_rate)
         wave = audio.crop_or_pad(wave, self.num_samples, mode="random", generator=rng)
         wave = random_gain(wave, self.augment.gain_db, rng)
         return time_roll(wave, self.augment.roll, rng)
 
     def _teacher(self, index: int) -> tuple[np.ndarray, bool]:
-        probs, found = self.teacher.lookup(self.examples[index].id)
-        return (probs if found else np.zeros(self.targets.shape[1], np.float32)), found
+        probs, found = self.teacher.lookup(self.clips.ids[index])
+        return (probs if found else np.zeros(self.targets.num_classes, np.float32)), found
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, position, index = key
@@ -260,7 +298,7 @@ class TrainWaves(Dataset):
         if self.teacher is not None:
             item["teacher"], item["has_teacher"] = self._teacher(index)
         if self.augment.wave_mixup > 0 and rng.random() < self.augment.wave_mixup:
-            partner = int(rng.integers(len(self.examples)))
+            partner = int(rng.integers(len(self.clips)))
             lam = draw_mix_lambda(self.augment.wave_mixup_alpha, rng, self.augment.wave_mixup_max)
             wave = mix_waveforms(wave, self._clip(partner, rng), lam)
             target = lam * target + (1 - lam) * self.targets[partner]
@@ -279,7 +317,7 @@ class TrainFeatures(Dataset):
     """Training clips from a feature store (no waveform augmentation possible), padded/normalised as the model's
     front-end would give them."""
 
-    def __init__(self, features: CachedFeatureDataset, targets: np.ndarray, ids: list[str],
+    def __init__(self, features: CachedFeatureDataset, targets: Targets, ids: StringColumn,
                  teacher: Teacher | None = None):
         self.features, self.targets, self.ids, self.teacher = features, targets, ids, teacher
 
@@ -292,7 +330,7 @@ class TrainFeatures(Dataset):
                 "target": torch.from_numpy(np.asarray(self.targets[index], dtype=np.float32))}
         if self.teacher is not None:
             probs, found = self.teacher.lookup(self.ids[index])
-            item["teacher"] = torch.from_numpy(probs if found else np.zeros(self.targets.shape[1], np.float32))
+            item["teacher"] = torch.from_numpy(probs if found else np.zeros(self.targets.num_classes, np.float32))
             item["has_teacher"] = found
         return item
 
@@ -301,15 +339,15 @@ class EvalWaves(Dataset):
     """Validation clips: the start of each clip, zero-padded to a fixed length, as the official eval loaders."""
 
     def __init__(self, source: Source, targets: np.ndarray, sample_rate: int, clip_seconds: float):
-        self.examples, self.targets = source.examples, targets
+        self.clips, self.targets = source.clips, targets
         self.sample_rate = sample_rate
         self.num_samples = int(round(clip_seconds * sample_rate))
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.clips)
 
     def __getitem__(self, index: int) -> dict:
-        wave = audio.crop_or_pad(audio.load(self.examples[index].path, self.sample_rate), self.num_samples, "start")
+        wave = audio.crop_or_pad(self.clips.load(index, self.sample_rate), self.num_samples, "start")
         return {"wave": torch.from_numpy(wave), "index": index,
                 "target": torch.from_numpy(np.asarray(self.targets[index], dtype=np.float32))}
 

@@ -37,14 +37,15 @@ from tagger.training.config import TrainConfig, config_from_dict, read_recipe, t
 from tagger.training.data import (
     EvalWaves,
     PositionedSampler,
+    Targets,
     Teacher,
     TrainFeatures,
     TrainWaves,
     build_sampler,
-    encode_targets,
     infer_task,
     make_loader,
     read_source,
+    source_labels,
 )
 from tagger.training.init import build_model, cached_features
 from tagger.training.losses import label_loss, training_loss
@@ -185,7 +186,7 @@ class Trainer:
         store = self.train_source.store
         if store is not None and (store.dir / "labels.csv").is_file():
             return LabelSet.from_csv(store.dir / "labels.csv")
-        return LabelSet.from_list(sorted({x for labels in self.train_source.label_lists for x in labels}))
+        return LabelSet.from_list(source_labels(self.train_source))
 
     def _check_batch(self) -> None:
         cfg = self.config.data
@@ -230,8 +231,8 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, ctx = self.config, self.ctx
-        self.train_targets = encode_targets(self.labels, self.train_source)
-        self.valid_targets = encode_targets(self.labels, self.valid_source)
+        self.train_targets = Targets(self.train_source.labels, self.labels)  # rows made per item, never all at once
+        self.valid_targets = Targets(self.valid_source.labels, self.labels).dense()
         teacher = None
         if cfg.loss.teacher:
             teacher = Teacher.load(cfg.loss.teacher, self.labels, cfg.loss.kd_temperature)
