@@ -229,6 +229,59 @@ def extract_features_command(
         console.log(f"{result.failed} clips failed; see {result.out_dir / 'errors.csv'}")
 
 
+@app.command("pack")
+@user_errors
+def pack_command(
+    manifest: Annotated[
+        Path, typer.Argument(help="Manifest: AST JSON, AudioSet CSV, ESC-50/FSD50K CSV, plain CSV, or a folder.")
+    ],
+    out: Annotated[Path, typer.Option(help="Pack folder (created; reruns resume, --shard runs share it).")],
+    codec: Annotated[str, typer.Option(help="flac (lossless), mp3 (128 kbit/s, as PaSST) or pcm16 (raw).")] = "flac",
+    sample_rate: Annotated[int | None, typer.Option(help="Resample every clip to this rate once (default: each "
+                                                    "clip keeps its own, so loading stays exact).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Clips per shard (work lost on a kill is at most the shards "
+                                            "in flight).")] = 1000,
+    shard: Annotated[str | None, typer.Option(help="K/N: pack only shards i with i % N == K-1 (N machines, one "
+                                              "folder).")] = None,
+    workers: Annotated[int, typer.Option(help="Decoding/encoding processes (0: in this process).")] = 2,
+    manifest_format: ManifestFormatOption = "auto",
+    audio_dir: AudioDirOption = None,
+    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
+    split: SplitOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Decode (and optionally resample) a manifest's audio into HDF5 shards with a label index: random access to
+    millions of clips without millions of files; data sets open from the pack folder as from a manifest."""
+    _check_format(fmt)
+    from tagger import console
+    from tagger.data.manifests import read_manifest
+    from tagger.data.pack_writer import check_settings, pack_with_progress
+    from tagger.extract import parse_part
+
+    check_settings(codec, sample_rate, shard_size, workers)
+    part = parse_part(shard)
+    fold_list = _parse_folds(folds)
+    data = read_manifest(manifest, manifest_format, audio_dir=audio_dir, folds=fold_list, split=split)
+    console.log(data.summary())
+    options = {"audio_dir": None if audio_dir is None else str(audio_dir), "folds": folds, "split": split}
+    try:
+        result = pack_with_progress(data.examples, out, source=manifest, missing=data.missing, codec=codec,
+                                    sample_rate=sample_rate, shard_size=shard_size, part=part, workers=workers,
+                                    manifest_format=manifest_format, manifest_options=options)
+    except KeyboardInterrupt:
+        console.log(f"interrupted: finished shards are kept in {out}; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    row = {"pack": str(result.out), "shards_written": len(result.written), "shards_already_done": result.already,
+           "shards_total": result.shards, "clips_written": result.clips,
+           "unreadable": result.unreadable + result.missing_files,
+           "complete": "yes" if result.complete else "no", "clips_total": result.total_clips}
+    console.render([row], fmt, title="pack")
+    if result.unreadable or result.missing_files:
+        console.log(f"{result.unreadable + result.missing_files} clips could not be read; see {out / 'errors.tsv'}")
+    if not result.complete:
+        console.log(result.remaining)
+
+
 @app.command("models")
 @user_errors
 def models_command(

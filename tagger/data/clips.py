@@ -101,7 +101,8 @@ def register_format(recognise: Callable[[Path], bool], opener: Opener) -> None:
 
 
 def _load_openers() -> None:
-    """Import the modules that register stored formats (kept lazy: they need h5py)."""
+    """Import the modules that register stored formats (kept lazy: they need h5py); each registers once, on import,
+    so importing them all is right whichever of them was imported before."""
     import importlib
 
     for module in ("tagger.data.pack", "tagger.data.audioset_hdf5"):
@@ -118,8 +119,7 @@ def open_clips(path: str | Path, manifest_format: str = "auto", **options) -> Cl
     path = Path(path)
     if not path.exists():
         raise TaggerError(f"{path} does not exist; give a manifest, a pack folder or an AudioSet HDF5 file")
-    if not _OPENERS:
-        _load_openers()
+    _load_openers()
     for recognise, opener in _OPENERS:
         if recognise(path):
             if any(v for v in options.values()):
