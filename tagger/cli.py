@@ -153,7 +153,8 @@ def synthesize_command(
 @user_errors
 def extract_features_command(
     manifest: Annotated[
-        Path, typer.Argument(help="Manifest: AST JSON, AudioSet CSV, ESC-50/FSD50K CSV, plain CSV, or a folder.")
+        Path, typer.Argument(help="Manifest: AST JSON, AudioSet CSV, ESC-50/FSD50K CSV, plain CSV, or a folder; or "
+                             "a pack or AudioSet HDF5 file.")
     ],
     frontend: Annotated[
         str, typer.Option(help="kaldi-fbank (AST/PSLA), passt-mel (PaSST/EfficientAT), panns-logmel (PANNs/HTS-AT).")
@@ -181,23 +182,22 @@ def extract_features_command(
     """Decode, resample and turn audio into log-mel features, cached as float16 shards with stats.json."""
     _check_format(fmt)
     from tagger import console
-    from tagger.data.manifests import read_manifest
     from tagger.extract import extract_features, parse_part
+    from tagger.labelled import open_labelled
     from tagger.labels import LabelSet
 
     part = parse_part(shard)
     fold_list = _parse_folds(folds)
-    data = read_manifest(manifest, manifest_format, audio_dir=audio_dir, folds=fold_list, split=split)
+    data = open_labelled(manifest, manifest_format, audio_dir=audio_dir, folds=fold_list, split=split)
     console.log(data.summary())
     if data.duplicates:
         console.log(f"skipping {len(data.duplicates)} duplicate entries, e.g. {data.duplicates[0].path}")
     label_set = LabelSet.from_csv(labels) if labels is not None else None
     try:
         result = extract_features(
-            data.examples,
+            data,
             out,
             frontend,
-            missing=data.missing,
             labels=label_set,
             workers=workers,
             batch_size=batch_size,
@@ -507,7 +507,8 @@ def _embeddings_target(value: str | None):
 @app.command("evaluate")
 @user_errors
 def evaluate_command(
-    manifest: Annotated[Path, typer.Argument(help="Labelled manifest (any format of docs/data.md) or a folder.")],
+    manifest: Annotated[Path, typer.Argument(help="Labelled manifest (any format of docs/data.md) or a folder; or "
+                                             "a pack or AudioSet HDF5 file.")],
     model: ModelOption = None,
     labels: Annotated[Path | None, typer.Option(help="Label file mapping the manifest's label ids/names "
                                                 "(class_labels_indices.csv) onto the model's classes.")] = None,
@@ -609,7 +610,8 @@ def export_command(
 @app.command("enhance-labels")
 @user_errors
 def enhance_labels_command(
-    manifest: Annotated[Path, typer.Argument(help="Training manifest to enhance (any format of docs/data.md).")],
+    manifest: Annotated[Path, typer.Argument(help="Training manifest to enhance (any format of docs/data.md), or "
+                                             "a pack or AudioSet HDF5 file.")],
     teacher: Annotated[Path, typer.Option(help="Teacher: a tagger checkpoint (.pt) trained on these labels, or a "
                                           "predictions .npz from tagger evaluate --save-predictions.")],
     ontology: Annotated[Path | None, typer.Option(help="Class hierarchy: AudioSet's ontology.json or a parent,child "
@@ -651,9 +653,9 @@ def enhance_labels_command(
     import time
 
     from tagger import console, enhance_run
-    from tagger.data.manifests import read_manifest
     from tagger.enhance import parse_fixes, parse_threshold
     from tagger.enhance_report import build_report, render, write_csv, write_markdown
+    from tagger.labelled import open_labelled
     from tagger.labels import LabelSet, Ontology
 
     if fallback_threshold is not None and not 0 <= fallback_threshold <= 1:
@@ -671,7 +673,10 @@ def enhance_labels_command(
     existing = [path for path in writes if path.exists()]
     if existing and not force:
         raise TaggerError(f"{existing[0]} exists; pass --force to overwrite it or choose another --out/--report")
-    data = read_manifest(manifest, manifest_format, audio_dir=audio_dir, folds=_parse_folds(folds), split=split)
+    clips = open_labelled(manifest, manifest_format, audio_dir=audio_dir, folds=_parse_folds(folds), split=split)
+    data = enhance_run.as_manifest(clips)
+    if not dry_run:
+        enhance_run.check_out(data, paths["manifest"])
     if ontology is None:
         raise TaggerError(enhance_run.missing_ontology(data))
     if data.missing:
@@ -689,7 +694,7 @@ def enhance_labels_command(
                 bar.update(task, completed=done, total=total, rate=f"{rate:.1f} files/s")
 
             scores = enhance_run.teacher_scores(
-                teacher, data, mapping=mapping, cache=paths["cache"], clip_seconds=clip_seconds,
+                teacher, clips, mapping=mapping, cache=paths["cache"], clip_seconds=clip_seconds,
                 batch_size=batch_size, device=device, precision=precision, on_progress=progress,
                 on_note=lambda text: console.log(f"note: {text}"),
                 check=enhance_run.check_inputs(data, hierarchy, mapping))
@@ -711,7 +716,12 @@ def enhance_labels_command(
         console.log("dry run: no manifest written")
         return
     rows = enhance_run.write_manifest_and_weights(result, paths["manifest"], paths["weights"], audio_dir)
-    console.log(f"wrote {paths['manifest']} ({rows} rows, {len(result.new_labels)} changed) and {paths['weights']}")
+    if enhance_run.is_stored(data):
+        console.log(f"wrote {paths['manifest']} (id,labels rows: the labels of the {rows} clips of {manifest}, "
+                    f"{len(result.new_labels)} changed; the audio stays in the {data.format}) and {paths['weights']}")
+    else:
+        console.log(f"wrote {paths['manifest']} ({rows} rows, {len(result.new_labels)} changed) and "
+                    f"{paths['weights']}")
     if store_teacher_logits is not None:
         count = enhance_run.store_teacher_logits(result, store_teacher_logits, top_k)
         console.log(f"wrote the teacher's logits of {count} clips to {store_teacher_logits} "
@@ -733,8 +743,8 @@ def ensemble_command(
     combine: Annotated[str, typer.Option(help="predictions: auto (the members' convention), mean-prob, "
                                          "mean-logit, or weighted (weights learned on --valid).")] = "auto",
     weights: Annotated[str | None, typer.Option(help="Member weights W1,W2,... in the order given.")] = None,
-    valid: Annotated[Path | None, typer.Option(help="Validation manifest: member and ensemble metrics, "
-                                               "best:K, greedy, weighted.")] = None,
+    valid: Annotated[Path | None, typer.Option(help="Validation manifest, pack or AudioSet HDF5 file: member and "
+                                               "ensemble metrics, best:K, greedy, weighted.")] = None,
     valid_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --valid, e.g. 4.")] = None,
     metric: Annotated[str, typer.Option(help="auto (accuracy for single-label sets, else mAP), mAP, mAUC, "
                                         "accuracy.")] = "auto",
@@ -743,7 +753,7 @@ def ensemble_command(
     clip_seconds: Annotated[float | None, typer.Option(help="Crop/zero-pad validation clips to this length.")
                             ] = None,
     bn_recalibrate: Annotated[Path | None, typer.Option(help="weights: re-estimate BatchNorm statistics on this "
-                                                        "manifest (e.g. the training set).")] = None,
+                                                        "manifest or pack (e.g. the training set).")] = None,
     bn_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --bn-recalibrate, e.g. 1,2,3.")] = None,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,

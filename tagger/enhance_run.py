@@ -1,9 +1,11 @@
 """`tagger enhance-labels` as a library call: teacher scores (cached by clip id), the PSLA rules, the outputs.
 
-The teacher is a tagger checkpoint, run over the manifest through `evaluate` (so each clip is read exactly as
+The teacher is a tagger checkpoint, run over the data set through `evaluate` (so each clip is read exactly as
 `tagger predict` reads it), or a predictions file that `tagger evaluate --save-predictions` wrote. Scores of a
 checkpoint are cached in an evaluate-style predictions file with the checkpoint's fingerprint, so a rerun with
-other thresholds, or on a manifest with a few new clips, scores only what it has not seen.
+other thresholds, or on a manifest with a few new clips, scores only what it has not seen. A manifest is written
+again in its own format; a stored set (a pack, an AudioSet HDF5 file) keeps its audio and labels, so its corrected
+labels go to an `id,labels` CSV.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.data.manifests import Manifest, write_manifest_like
+from tagger.data.clips import Clips
+from tagger.data.manifests import MANIFEST_FORMATS, Manifest, write_manifest_like
 from tagger.enhance import FIXES, Additions, Hierarchy, class_thresholds, enhance
 from tagger.errors import TaggerError
 from tagger.evaluate import EvaluationResult, label_mapper, load_predictions
+from tagger.labelled import examples_as_clips, subset
 from tagger.labels import LabelSet, Ontology
 from tagger.predict import FileError
 
@@ -71,7 +75,7 @@ def _read_cache(cache: Path, fingerprint: str, labels: LabelSet, on_note: Callab
 
 def teacher_scores(
     teacher: str | Path,
-    manifest: Manifest,
+    data: Clips | Manifest,
     *,
     mapping: LabelSet | None = None,
     cache: Path | None = None,
@@ -83,7 +87,7 @@ def teacher_scores(
     on_note: Callable[[str], None] = lambda text: None,
     check: Callable[[LabelSet], None] | None = None,
 ) -> TeacherScores:
-    """The teacher's scores on the manifest's labelled clips (only those can gain labels).
+    """The teacher's scores on the labelled clips of a data set or manifest (only those can gain labels).
 
     check(labels) runs on the teacher's classes before any clip is scored, so a mismatch fails at once.
     """
@@ -103,7 +107,9 @@ def teacher_scores(
     fingerprint = _fingerprint(teacher, clip_seconds)
     cached = _read_cache(cache, fingerprint, tagger.labels, on_note) if cache is not None else None
     known = set(cached.ids) if cached is not None else set()
-    todo = [e for e in manifest.examples if e.labels and e.id not in known]
+    clips = data if isinstance(data, Clips) else examples_as_clips(data.examples, data.source, data.format)
+    ids, sizes = clips.ids.tolist(), np.diff(clips.table.labels.indptr)
+    todo = [row for row, clip in enumerate(ids) if sizes[row] and clip not in known]
     if cached is not None and known:
         on_note(f"{len(known)} clips' teacher scores come from {cache}; {len(todo)} to score")
     skipped: list[FileError] = []
@@ -112,7 +118,7 @@ def teacher_scores(
     last_save = time.monotonic()
     try:
         for start in range(0, len(todo), _CHUNK):
-            chunk = todo[start : start + _CHUNK]
+            chunk = subset(clips, todo[start : start + _CHUNK])
             fresh = _score_chunk(tagger, chunk, mapping, clip_seconds, batch_size, skipped, on_progress, start,
                                  len(todo))
             if fresh is not None:
@@ -128,7 +134,7 @@ def teacher_scores(
             parts = [_concat(parts)]
             parts[0].save_predictions(cache, extra={"teacher_fingerprint": fingerprint})
     if not parts:
-        raise TaggerError(f"none of the labelled clips of {manifest.source} could be scored by the teacher")
+        raise TaggerError(f"none of the labelled clips of {clips.source} could be scored by the teacher")
     scores = _concat(parts)
     return TeacherScores(tagger.labels, tagger.task, scores.ids, scores.probabilities, scores.logits, str(teacher),
                          scored_now=len(todo) - len(skipped), skipped=skipped)
@@ -289,20 +295,58 @@ def default_paths(manifest: Path, out: Path | None, report: Path | None) -> dict
             "report_csv": report.with_suffix(".csv"), "cache": out.parent / CACHE_NAME}
 
 
+def as_manifest(clips: Clips) -> Manifest:
+    """An opened data set as the Manifest the rules and the report read (one Example per clip)."""
+    return Manifest(clips.examples(), clips.source, clips.format, list(clips.missing), list(clips.duplicates))
+
+
+def is_stored(manifest: Manifest) -> bool:
+    """Whether the clips come from a stored set (pack, HDF5) rather than a manifest that can be written again."""
+    return manifest.format not in MANIFEST_FORMATS
+
+
 def write_manifest_and_weights(result: Enhancement, manifest_path: Path, weights_path: Path,
                                audio_dir: Path | None = None) -> int:
     """The enhanced manifest and its regenerated sampling weights (AST/PSLA formula, one per row); rows written.
 
     audio_dir: the --audio-dir the manifest was read with, so relative paths are rewritten correctly.
+    A stored set gets the `id,labels` CSV of every clip instead (its audio has no path a manifest could name).
     """
     from tagger.data.sampling import balanced_weights, write_weights_csv
 
-    rows = write_manifest_like(result.manifest, result.new_labels, manifest_path, audio_dir)
+    if is_stored(result.manifest):
+        rows = write_labels_csv(result.manifest, result.new_labels, manifest_path)
+    else:
+        rows = write_manifest_like(result.manifest, result.new_labels, manifest_path, audio_dir)
     vocabulary = sorted({label for row in rows for label in row})
     if vocabulary:
         weights = balanced_weights(LabelSet(vocabulary).encode_many(rows), "ast")
         write_weights_csv(weights, weights_path)
     return len(rows)
+
+
+def write_labels_csv(manifest: Manifest, new_labels: dict[str, tuple[str, ...]], path: Path) -> list[tuple[str, ...]]:
+    """`id,labels` rows of every clip, enhanced where it gained labels, with the label separator the manifest
+    readers detect (as in a plain CSV manifest); each row's labels."""
+    from tagger.data.manifests import _label_cells
+    from tagger.fileio import atomic_write_csv
+
+    check_out(manifest, path)
+    rows = [tuple(new_labels.get(e.id, e.labels)) for e in manifest.examples]
+    cells = _label_cells(rows, path)
+    atomic_write_csv(path, ("id", "labels"), ([e.id, cell] for e, cell in zip(manifest.examples, cells, strict=True)),
+                     delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+    return rows
+
+
+def check_out(manifest: Manifest, path: Path) -> None:
+    """Refuse, before the teacher runs, an output name the corrected labels cannot be written to."""
+    suffix = path.suffix.lower()
+    if is_stored(manifest) and suffix not in (".csv", ".tsv"):
+        raise TaggerError(f"{manifest.source} is a stored data set: its corrected labels are an id,labels table; "
+                          f"give --out a .csv or .tsv name instead of {path.name}")
+    if suffix not in (".json", ".csv", ".tsv"):
+        raise TaggerError(f"output manifest {path} must end in .json, .csv or .tsv")
 
 
 def store_teacher_logits(result: Enhancement, path: Path, top_k: int | None = None) -> int:

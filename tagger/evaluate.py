@@ -1,8 +1,9 @@
-"""Score a labelled manifest with a checkpoint: headline metrics, a per-class table and the raw predictions.
+"""Score a labelled data set with a checkpoint: headline metrics, a per-class table and the raw predictions.
 
-Clips are scored through `predict_files`, so evaluation takes each clip exactly as `tagger predict` does: the whole
-clip by default (cut into windows when it is longer than the model takes in one pass), or every clip cropped or
-zero-padded to `clip_seconds` from its start, as the training validation does.
+The data set is anything `open_clips` opens: a manifest, a pack or an AudioSet HDF5 file. Clips are scored through
+`predict_clips`, so evaluation takes each clip exactly as `tagger predict` does: the whole clip by default (cut into
+windows when it is longer than the model takes in one pass), or every clip cropped or zero-padded to `clip_seconds`
+from its start, as the training validation does.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from tagger import metrics
-from tagger.data.manifests import Example, Manifest, read_manifest
+from tagger.data.clips import Clips
+from tagger.data.manifests import Example, Manifest
 from tagger.errors import TaggerError
+from tagger.labelled import examples_as_clips, open_labelled
 from tagger.labels import LabelSet
-from tagger.predict import FileError, PredictOptions, predict_files
+from tagger.predict import FileError, PredictOptions, predict_clips
 from tagger.runtime import Tagger
 
 ON_ERROR = ("fail", "skip")
@@ -84,7 +87,7 @@ class EvaluationResult:
 
 def evaluate(
     tagger: Tagger,
-    data: str | Path | Manifest | Sequence[Example],
+    data: str | Path | Clips | Manifest | Sequence[Example],
     *,
     labels: LabelSet | str | Path | None = None,
     manifest_format: str = "auto",
@@ -98,7 +101,8 @@ def evaluate(
     on_note: Callable[[Path, str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationResult:
-    """Score every clip of `data` (a manifest path, a read Manifest, or Examples) and compute the metrics.
+    """Score every clip of `data` (a path `open_clips` opens, opened Clips, a read Manifest, or Examples) and
+    compute the metrics.
 
     labels: a label file (or LabelSet) mapping the manifest's label ids/names onto the model's classes, for
         manifests whose vocabulary differs from the checkpoint's (see `label_mapper`).
@@ -109,7 +113,7 @@ def evaluate(
     if on_error not in ON_ERROR:
         raise TaggerError(f"--on-error {on_error!r} is not one of {', '.join(ON_ERROR)}")
     options = PredictOptions(clip_seconds=clip_seconds, batch_size=batch_size)  # checks both values
-    examples, missing, source = _examples(data, manifest_format, folds, split, audio_dir)
+    clips, examples, missing, source = _clips(data, manifest_format, folds, split, audio_dir)
     skipped: list[FileError] = []
 
     def skip(problem: FileError) -> None:
@@ -139,14 +143,8 @@ def evaluate(
 
     kept: list[int] = []
     logits, probabilities = [], []
-    position = 0
-    for result in predict_files(tagger, [e.path for e in examples], options, on_error=progress_error,
-                                on_note=on_note):
-        # Results come in input order without the unreadable files: walk forward to the one this result is for.
-        while Path(examples[position].path) != result.path:
-            position += 1
-        kept.append(position)
-        position += 1
+    for index, result in predict_clips(tagger, clips, options, on_error=progress_error, on_note=on_note):
+        kept.append(index)
         logits.append(result.logits)
         probabilities.append(result.probabilities)
         done += 1
@@ -295,19 +293,22 @@ def encode_examples(examples: Sequence[Example], labels: LabelSet, task: str,
     return labels.encode_many(label_lists)
 
 
-def _examples(data, manifest_format: str, folds, split, audio_dir) -> tuple[list[Example], list[Example], str]:
-    """(present examples, listed but missing ones, a name for messages)."""
+def _clips(data, manifest_format: str, folds, split, audio_dir) -> tuple[Clips, list[Example], list[Example], str]:
+    """(the clips to score, them as Examples for the label checks, listed but missing ones, a name for messages)."""
     if isinstance(data, (str, Path)):
         from tagger.training.data import is_store
 
         if is_store(data):
             raise TaggerError(f"{data} is a feature store; evaluate scores audio: pass the manifest it was made from")
-        data = read_manifest(data, manifest_format, audio_dir=audio_dir, folds=folds, split=split)
+        data = open_labelled(data, manifest_format, audio_dir=audio_dir, folds=folds, split=split)
     elif folds is not None or split is not None or audio_dir is not None:
         raise TaggerError("folds, split and audio_dir apply when evaluate reads the manifest; pass its path instead")
+    if isinstance(data, Clips):
+        return data, data.examples(), list(data.missing), str(data.source)
     if isinstance(data, Manifest):
-        return list(data.examples), list(data.missing), str(data.source)
+        return examples_as_clips(data.examples, data.source, data.format), list(data.examples), list(data.missing), \
+            str(data.source)
     examples = list(data)
     if not examples:
         raise TaggerError("there are no clips to evaluate")
-    return examples, [], "the given examples"
+    return examples_as_clips(examples), examples, [], "the given examples"

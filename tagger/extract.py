@@ -1,4 +1,7 @@
-"""`tagger extract-features`: decode a manifest in parallel, run a batched front-end, cache float16 features.
+"""`tagger extract-features`: decode a data set in parallel, run a batched front-end, cache float16 features.
+
+The data set is anything `open_clips` opens (a manifest, a pack, an AudioSet HDF5 file); ids and labels come from
+its table, audio from `clips.load`, and a clip is named by `clips.where` in errors.csv and messages.
 
 Decoding and resampling run in DataLoader workers; the front-end runs batched in the main process on clips
 of equal length (so every clip's features equal a per-clip computation exactly). Finished clips are committed
@@ -21,10 +24,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tagger import audio, console
+from tagger.data.clips import Clips
 from tagger.data.manifests import Example
 from tagger.data.store import ShardWriter, finalize_store, init_store, scan_store, shard_tag
 from tagger.errors import TaggerError
 from tagger.frontends import build_frontend, frontend_to_dict
+from tagger.labelled import examples_as_clips
 from tagger.labels import LabelSet
 
 ON_ERROR = ("fail", "skip")
@@ -52,33 +57,40 @@ def parse_part(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def _in_part(clip_id: str, part: tuple[int, int]) -> bool:
+    k, n = part
+    return zlib.crc32(clip_id.encode()) % n == k - 1
+
+
 def select_part(examples: Sequence[Example], part: tuple[int, int] | None) -> list[Example]:
     """The clips of part K of N, chosen by a hash of the clip id so parts are disjoint whatever the row order."""
     if part is None:
         return list(examples)
-    k, n = part
-    return [e for e in examples if zlib.crc32(e.id.encode()) % n == k - 1]
+    return [e for e in examples if _in_part(e.id, part)]
 
 
 class _DecodeDataset(Dataset):
     """Worker-side decoding: returns the waveform or the one-line reason it could not be read."""
 
-    def __init__(self, examples: Sequence[Example], sample_rate: int, num_samples: int | None):
-        self.examples = list(examples)
+    def __init__(self, clips: Clips, rows: Sequence[int], sample_rate: int, num_samples: int | None):
+        self.clips = clips
+        self.rows = rows
         self.sample_rate = sample_rate
         self.num_samples = num_samples
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        row = int(self.rows[index])
         try:
-            wave = audio.load(self.examples[index].path, self.sample_rate)
+            wave = self.clips.load(row, self.sample_rate)
             if self.num_samples is not None:
                 wave = audio.crop_or_pad(wave, self.num_samples, mode="start")
             return index, wave, None
         except TaggerError as error:
-            return index, None, str(error)
+            where, reason = self.clips.where(row), str(error)
+            return index, None, reason if where in reason else f"{where}: {reason}"
 
 
 @contextmanager
@@ -100,7 +112,7 @@ def _sigterm_as_interrupt():
 
 
 def extract_features(
-    examples: Sequence[Example],
+    data: Clips | Sequence[Example],
     out_dir: str | Path,
     frontend: dict | str,
     *,
@@ -115,15 +127,19 @@ def extract_features(
     manifest_name: str = "",
     show_progress: bool = True,
 ) -> ExtractResult:
-    """Extract features for `examples` into the store at `out_dir`, skipping clips already stored there."""
+    """Extract features for the clips of `data` (opened Clips, or a manifest's Examples with their `missing`)
+    into the store at `out_dir`, skipping clips already stored there."""
     if on_error not in ON_ERROR:
         raise TaggerError(f"--on-error {on_error!r} must be one of {', '.join(ON_ERROR)}")
     if workers < 0 or batch_size < 1 or clips_per_shard < 1:
         raise TaggerError("--workers must be >= 0, --batch-size and --shard-size >= 1")
     if duration is not None and duration <= 0:
         raise TaggerError(f"--duration {duration} must be positive")
+    clips = data if isinstance(data, Clips) else examples_as_clips(data)
+    missing = list(clips.missing) if isinstance(data, Clips) else list(missing)
+    table = clips.table
     if labels is not None:
-        labels.encode_many([e.labels for e in examples])  # unknown labels fail before any work starts
+        table.labels.column_map(labels)  # unknown labels fail before any work starts
     missing = select_part(missing, part)
     if missing and on_error == "fail":
         raise TaggerError(
@@ -140,8 +156,10 @@ def extract_features(
         labels.write_csv(out / "labels.csv")
 
     done = {clip["id"] for clip in scan_store(out)[0]}
-    todo = [e for e in select_part(examples, part) if e.id not in done]
-    already = len(select_part(examples, part)) - len(todo)
+    ids = table.ids.tolist()
+    mine = [row for row, clip_id in enumerate(ids) if part is None or _in_part(clip_id, part)]
+    todo = np.asarray([row for row in mine if ids[row] not in done], dtype=np.int64)
+    already = len(mine) - len(todo)
     writer = ShardWriter(out, shard_tag(part), bins, clips_per_shard)
     for example in missing:
         if example.id not in done:
@@ -149,7 +167,7 @@ def extract_features(
 
     num_samples = None if duration is None else int(round(duration * module.sample_rate))
     loader = DataLoader(
-        _DecodeDataset(todo, module.sample_rate, num_samples),
+        _DecodeDataset(clips, todo, module.sample_rate, num_samples),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,
@@ -161,7 +179,7 @@ def extract_features(
         task = bar.add_task("extracting", total=len(todo), rate="", visible=show_progress)
         try:
             for batch in loader:
-                failed += _extract_batch(batch, todo, module, writer, on_error)
+                failed += _extract_batch(batch, clips, todo, module, writer, on_error)
                 processed += len(batch)
                 rate = processed / max(time.perf_counter() - started, 1e-9)
                 bar.update(task, advance=len(batch), rate=f"{rate:.1f} clips/s")
@@ -174,7 +192,7 @@ def extract_features(
     return ExtractResult(out, processed - failed, already, failed + len(missing), stats)
 
 
-def _extract_batch(batch, todo, module, writer: ShardWriter, on_error: str) -> int:
+def _extract_batch(batch, clips: Clips, todo: np.ndarray, module, writer: ShardWriter, on_error: str) -> int:
     """Store the features of a decoded batch, then deal with its failures (so good clips are never lost)."""
     failures: list[tuple[int, str]] = []
     groups: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
@@ -189,19 +207,20 @@ def _extract_batch(batch, todo, module, writer: ShardWriter, on_error: str) -> i
             with torch.inference_mode():
                 features = module(waves).float().numpy()
         except TaggerError as error:
-            failures.extend((index, f"{todo[index].path}: {error}") for index, _ in items)
+            failures.extend((index, f"{clips.where(int(todo[index]))}: {error}") for index, _ in items)
             continue
         for row, (index, _) in enumerate(items):
             problem = _check_finite(features[row])
+            clip = int(todo[index])
             if problem is None:
-                example = todo[index]
-                writer.add(example.id, str(example.path), list(example.labels), features[row])
+                writer.add(clips.ids[clip], clips.where(clip), list(clips.table.labels.row(clip)), features[row])
             else:
-                failures.append((index, f"{todo[index].path}: {problem}"))
+                failures.append((index, f"{clips.where(clip)}: {problem}"))
     if failures and on_error == "fail":
         raise TaggerError(f"{failures[0][1]} (pass --on-error skip to record bad files in errors.csv and go on)")
     for index, reason in failures:
-        writer.add_error(todo[index].id, str(todo[index].path), reason)
+        clip = int(todo[index])
+        writer.add_error(clips.ids[clip], clips.where(clip), reason)
     return len(failures)
 
 

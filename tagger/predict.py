@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tagger import audio
+from tagger.data.clips import Clips, FileAudio
 from tagger.data.manifests import AUDIO_EXTENSIONS
 from tagger.errors import TaggerError
 from tagger.events import Event, EventRule, EventTracker, Stitcher
@@ -187,36 +188,122 @@ def predict_files(
     `on_progress` is called with seconds of audio done, for progress bars. `durations` are lengths the caller
     already read from the headers (None where it could not), so no header is read twice.
     """
+    inputs = [_FileInput(path, durations[i] if durations is not None else None) for i, path in enumerate(paths)]
+    for _, result in _predict(tagger, inputs, options, on_error, on_note, on_progress):
+        yield result
+
+
+def predict_clips(
+    tagger: Tagger,
+    clips: Clips,
+    options: PredictOptions = PredictOptions(),
+    on_error: Callable[[FileError], None] | None = None,
+    on_note: Callable[[Path, str], None] | None = None,
+) -> Iterator[tuple[int, FileResult]]:
+    """Score every clip of a data set in order, yielding (clip index, result) for each readable clip.
+
+    Loose files (a manifest's) are read as `predict_files` reads them; clips of a stored set (a pack, an HDF5
+    file) come from `clips.load` and are windowed in memory, which gives the same windows and scores as the
+    same audio in a file. FileError.path is `clips.where(index)`.
+    """
+    if isinstance(clips.audio, FileAudio):
+        paths = clips.audio.paths
+        inputs = [_FileInput(Path(paths[i])) for i in range(len(clips))]
+    else:
+        inputs = [_StoredInput(clips, i) for i in range(len(clips))]
+    yield from _predict(tagger, inputs, options, on_error, on_note)
+
+
+class _FileInput:
+    """A file: its length from the header; a long one is streamed in windows, never held whole."""
+
+    def __init__(self, path, duration: float | None = None):
+        self.path, self.known = path, duration
+
+    def duration(self, tagger: Tagger) -> float:
+        return audio.info(self.path).duration if self.known is None else self.known
+
+    def read(self, tagger: Tagger) -> Wave:
+        return tagger.read(self.path)
+
+    def windows(self, tagger: Tagger, window: float, hop: float, options: PredictOptions):
+        if options.clip_seconds is None:
+            return tagger.windows(self.path, window, hop, options.block_seconds)
+        return tagger.array_windows(tagger.crop(tagger.read(self.path), options.clip_seconds), window, hop)
+
+
+class _StoredInput:
+    """A clip of a stored data set: there is no file to stream, so it is decoded whole (stored clips are short)
+    and windowed in memory; `audio.array_windows` cuts the windows `iter_windows` would stream."""
+
+    def __init__(self, clips: Clips, index: int):
+        self.clips, self.index = clips, index
+        self.path = clips.where(index)
+        self.wave: Wave | None = None
+
+    def _decode(self, tagger: Tagger) -> Wave:
+        if self.wave is None:
+            load, index = self.clips.load, self.index
+            self.wave = (tuple(load(index, rate) for rate in tagger.rates) if tagger.multirate
+                         else load(index, tagger.sample_rate))
+        return self.wave
+
+    def duration(self, tagger: Tagger) -> float:
+        wave = self._decode(tagger)
+        return (wave[0] if tagger.multirate else wave).shape[-1] / tagger.rates[0]
+
+    def read(self, tagger: Tagger) -> Wave:
+        wave, self.wave = self._decode(tagger), None  # whoever scores it holds it from here
+        return wave
+
+    def windows(self, tagger: Tagger, window: float, hop: float, options: PredictOptions):
+        wave = self.read(tagger)
+        if options.clip_seconds is not None:
+            wave = tagger.crop(wave, options.clip_seconds)
+        return tagger.array_windows(wave, window, hop)
+
+
+_Input = _FileInput | _StoredInput
+
+
+def _predict(
+    tagger: Tagger,
+    inputs: Sequence[_Input],
+    options: PredictOptions,
+    on_error: Callable[[FileError], None] | None = None,
+    on_note: Callable[[Path, str], None] | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> Iterator[tuple[int, FileResult]]:
+    """(input index, result) in input order; see `predict_files`."""
     check_window(tagger, options)
-    paths = list(paths)
     pending = _ClipBatcher(tagger, options)
     done: dict[int, FileResult | None] = {}  # finished, waiting for earlier files; None for a failed file
     windowed: set[int] = set()  # these report their progress window by window
     next_out = 0
 
-    def finished() -> Iterator[FileResult]:
+    def finished() -> Iterator[tuple[int, FileResult]]:
         nonlocal next_out
         while next_out in done:
             result = done.pop(next_out)
             if result is not None:
                 if on_progress is not None and next_out not in windowed:
                     on_progress(result.duration)
-                yield result
+                yield next_out, result
             next_out += 1
 
-    for index, path in enumerate(paths):
+    for index, item in enumerate(inputs):
+        path = item.path
         try:
-            known = durations[index] if durations is not None else None
-            duration = audio.info(path).duration if known is None else known
+            duration = item.duration(tagger)
             plan = plan_file(tagger, duration, options)
             if plan.note and on_note is not None:
                 on_note(Path(path), plan.note)
             if plan.window is None:
-                done.update(pending.add(index, path, duration))
+                done.update(pending.add(index, item, duration))
             else:
                 done.update(pending.flush())  # earlier clips first, so output keeps the input order
                 windowed.add(index)
-                done[index] = _score_windows(tagger, path, duration, plan, options, on_progress)
+                done[index] = _score_windows(tagger, item, duration, plan, options, on_progress)
         except TaggerError as error:
             if on_error is None:
                 raise
@@ -235,15 +322,15 @@ class _ClipBatcher:
         self.buckets: dict[int | tuple[int, ...], list[tuple[int, Path, float, Wave]]] = {}
         self.held = 0
 
-    def add(self, index: int, path: Path, duration: float) -> dict[int, FileResult]:
-        wave = self.tagger.read(path)
+    def add(self, index: int, item: _Input, duration: float) -> dict[int, FileResult]:
+        wave = item.read(self.tagger)
         if self.options.clip_seconds is not None:
             wave = self.tagger.crop(wave, self.options.clip_seconds)
             duration = self.options.clip_seconds
         wave = self.tagger.pad(wave)
         length = self.tagger.length(wave)
         bucket = self.buckets.setdefault(length, [])
-        bucket.append((index, path, duration, wave))
+        bucket.append((index, item.path, duration, wave))
         self.held += 1
         if len(bucket) >= self.options.batch_size:
             return self._run(length)
@@ -283,16 +370,16 @@ def _clip_result(tagger: Tagger, path: Path, duration: float, probs: np.ndarray,
     return result
 
 
-def _score_windows(tagger: Tagger, path: Path, duration: float, plan: _Plan, options: PredictOptions,
+def _score_windows(tagger: Tagger, item: _Input, duration: float, plan: _Plan, options: PredictOptions,
                    on_progress: Callable[[float], None] | None = None) -> FileResult:
-    """Stream `path` in windows; aggregate clip scores, stitch frame (or window) scores into events."""
+    """Score `item` in windows; aggregate clip scores, stitch frame (or window) scores into events."""
     window, hop = plan.window, plan.hop
     if options.clip_seconds is not None:
         duration = options.clip_seconds
     track = _Track(tagger, duration, window, hop, options)
     batch: list[tuple[float, Wave]] = []
     reported = 0.0
-    for start, wave in _windows(tagger, path, window, hop, options):
+    for start, wave in item.windows(tagger, window, hop, options):
         batch.append((start, wave))
         if len(batch) == options.batch_size:
             track.add(batch)
@@ -305,14 +392,7 @@ def _score_windows(tagger: Tagger, path: Path, duration: float, plan: _Plan, opt
         track.add(batch)
     if on_progress is not None:
         on_progress(duration - reported)
-    return track.result(Path(path))
-
-
-def _windows(tagger: Tagger, path, window: float, hop: float, options: PredictOptions):
-    if options.clip_seconds is None:
-        yield from tagger.windows(path, window, hop, options.block_seconds)
-        return
-    yield from tagger.array_windows(tagger.crop(tagger.read(path), options.clip_seconds), window, hop)
+    return track.result(Path(item.path))
 
 
 class _Track:

@@ -79,10 +79,10 @@ class Candidate:
 
 @dataclass
 class Validation:
-    """The validation data: the manifest, read once (None for saved predictions), the targets in the ensemble's
-    label order and the metric chosen for them."""
+    """The validation data: the data set (a manifest, pack or HDF5 file), opened once, the targets in the
+    ensemble's label order and the metric chosen for them."""
 
-    manifest: object
+    clips: object
     targets: np.ndarray | None = None  # (N, C) in the ensemble's label order, from the first member scored
     metric: str = ""
 
@@ -256,11 +256,10 @@ def _columns(candidate: Candidate, labels: LabelSet, task: str) -> list[int] | N
 
 
 def _read_validation(settings: EnsembleSettings) -> Validation:
-    from tagger.data.manifests import read_manifest
+    from tagger.labelled import open_labelled
 
-    manifest = read_manifest(settings.valid, settings.manifest_format, audio_dir=settings.audio_dir,
-                             folds=settings.valid_folds)
-    return Validation(manifest)
+    return Validation(open_labelled(settings.valid, settings.manifest_format, audio_dir=settings.audio_dir,
+                                    folds=settings.valid_folds))
 
 
 def model_tagger(model, meta: dict, source: str, settings: EnsembleSettings):
@@ -272,13 +271,13 @@ def model_tagger(model, meta: dict, source: str, settings: EnsembleSettings):
 
 
 def score_tagger(tagger, description: str, validation: Validation, settings: EnsembleSettings, hooks: Hooks):
-    """evaluate() on the validation manifest with a progress report; the EvaluationResult."""
+    """evaluate() on the validation data with a progress report; the EvaluationResult."""
     from tagger.evaluate import evaluate
 
     def progress(done: int, total: int) -> None:
         hooks.progress(description, done, total)
 
-    return evaluate(tagger, validation.manifest, labels=settings.labels, clip_seconds=settings.clip_seconds,
+    return evaluate(tagger, validation.clips, labels=settings.labels, clip_seconds=settings.clip_seconds,
                     batch_size=settings.batch_size, on_progress=progress)
 
 

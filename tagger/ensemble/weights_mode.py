@@ -85,47 +85,48 @@ def _model_value(model, meta, source: str, validation, settings: EnsembleSetting
 
 
 def _recalibrate(model, payload: dict, settings: EnsembleSettings, hooks: Hooks) -> int:
-    """Re-estimate BatchNorm statistics on the --bn-recalibrate manifest at the training clip length."""
-    from tagger.data.manifests import read_manifest
+    """Re-estimate BatchNorm statistics on the --bn-recalibrate data (a manifest, pack or HDF5 file) at the
+    training clip length."""
     from tagger.ensemble.averaging import recalibrate_batchnorm
+    from tagger.labelled import open_labelled
     from tagger.runtime import resolve_device
 
-    manifest = read_manifest(settings.bn_recalibrate, settings.manifest_format, audio_dir=settings.audio_dir,
-                             folds=settings.bn_folds)
-    if not manifest.examples:
+    clips = open_labelled(settings.bn_recalibrate, settings.manifest_format, audio_dir=settings.audio_dir,
+                          folds=settings.bn_folds)
+    if not len(clips):
         raise TaggerError(f"--bn-recalibrate {settings.bn_recalibrate}: no readable clips listed")
-    if manifest.missing:
-        hooks.log(f"note: {len(manifest.missing)} clips of {settings.bn_recalibrate} are missing; they are skipped")
+    if clips.missing:
+        hooks.log(f"note: {len(clips.missing)} clips of {settings.bn_recalibrate} are missing; they are skipped")
     config = (payload.get("train") or {}).get("config") or {}
     seconds = float((config.get("data") or {}).get("clip_seconds") or DEFAULT_CLIP_SECONDS)
-    total, done = len(manifest.examples), 0
+    total, done = len(clips), 0
 
     def clip_done() -> None:
         nonlocal done
         done += 1
         hooks.progress("re-estimating BatchNorm", done, total)
 
-    batches = waveform_batches(manifest, model.sample_rate, seconds, settings.batch_size, clip_done)
+    batches = waveform_batches(clips, model.sample_rate, seconds, settings.batch_size, clip_done)
     clips = recalibrate_batchnorm(model.to(resolve_device(settings.device)), batches)
     model.cpu()
     hooks.log(f"BatchNorm statistics re-estimated on {clips} clips of {seconds:g} s")
     return clips
 
 
-def waveform_batches(manifest, rate: int, seconds: float, batch_size: int,
+def waveform_batches(clips, rate: int, seconds: float, batch_size: int,
                      on_clip: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
-    """(B, S) float32 batches of the manifest's clips at `rate`, each cropped or zero-padded to `seconds`."""
+    """(B, S) float32 batches of the clips at `rate`, each cropped or zero-padded to `seconds`."""
     from tagger import audio
 
     length = round(seconds * rate)
-    examples = manifest.examples
-    starts = list(range(0, len(examples), batch_size))
-    if len(starts) > 1 and len(examples) - starts[-1] == 1:
+    count = len(clips)
+    starts = list(range(0, count, batch_size))
+    if len(starts) > 1 and count - starts[-1] == 1:
         starts.pop()  # no batch of one clip at the end (BatchNorm needs two values per channel): join the last
-    for begin, end in zip(starts, [*starts[1:], len(examples)], strict=True):
+    for begin, end in zip(starts, [*starts[1:], count], strict=True):
         batch = []
-        for example in examples[begin:end]:
-            batch.append(audio.crop_or_pad(audio.load(example.path, rate), length))
+        for index in range(begin, end):
+            batch.append(audio.crop_or_pad(clips.load(index, rate), length))
             if on_clip is not None:
                 on_clip()
         yield torch.from_numpy(np.stack(batch))
