@@ -182,13 +182,13 @@ def extract_features_command(
     """Decode, resample and turn audio into log-mel features, cached as float16 shards with stats.json."""
     _check_format(fmt)
     from tagger import console
+    from tagger.data.clips import open_clips
     from tagger.extract import extract_features, parse_part
-    from tagger.labelled import open_labelled
     from tagger.labels import LabelSet
 
     part = parse_part(shard)
     fold_list = _parse_folds(folds)
-    data = open_labelled(manifest, manifest_format, audio_dir=audio_dir, folds=fold_list, split=split)
+    data = open_clips(manifest, manifest_format, audio_dir=audio_dir, folds=fold_list, split=split)
     console.log(data.summary())
     if data.duplicates:
         console.log(f"skipping {len(data.duplicates)} duplicate entries, e.g. {data.duplicates[0].path}")
@@ -653,9 +653,9 @@ def enhance_labels_command(
     import time
 
     from tagger import console, enhance_run
+    from tagger.data.clips import open_clips
     from tagger.enhance import parse_fixes, parse_threshold
     from tagger.enhance_report import build_report, render, write_csv, write_markdown
-    from tagger.labelled import open_labelled
     from tagger.labels import LabelSet, Ontology
 
     if fallback_threshold is not None and not 0 <= fallback_threshold <= 1:
@@ -673,7 +673,7 @@ def enhance_labels_command(
     existing = [path for path in writes if path.exists()]
     if existing and not force:
         raise TaggerError(f"{existing[0]} exists; pass --force to overwrite it or choose another --out/--report")
-    clips = open_labelled(manifest, manifest_format, audio_dir=audio_dir, folds=_parse_folds(folds), split=split)
+    clips = open_clips(manifest, manifest_format, audio_dir=audio_dir, folds=_parse_folds(folds), split=split)
     data = enhance_run.as_manifest(clips)
     if not dry_run:
         enhance_run.check_out(data, paths["manifest"])

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.data.clips import Clips
+from tagger.data.clips import Clips, from_examples
 from tagger.data.manifests import MANIFEST_FORMATS, Manifest, write_manifest_like
 from tagger.enhance import FIXES, Additions, Hierarchy, class_thresholds, enhance
 from tagger.errors import TaggerError
 from tagger.evaluate import EvaluationResult, label_mapper, load_predictions
-from tagger.labelled import examples_as_clips, subset
 from tagger.labels import LabelSet, Ontology
 from tagger.predict import FileError
 
@@ -107,7 +106,7 @@ def teacher_scores(
     fingerprint = _fingerprint(teacher, clip_seconds)
     cached = _read_cache(cache, fingerprint, tagger.labels, on_note) if cache is not None else None
     known = set(cached.ids) if cached is not None else set()
-    clips = data if isinstance(data, Clips) else examples_as_clips(data.examples, data.source, data.format)
+    clips = data if isinstance(data, Clips) else from_examples(data.examples, data.source, data.format)
     ids, sizes = clips.ids.tolist(), np.diff(clips.table.labels.indptr)
     todo = [row for row, clip in enumerate(ids) if sizes[row] and clip not in known]
     if cached is not None and known:
@@ -118,7 +117,7 @@ def teacher_scores(
     last_save = time.monotonic()
     try:
         for start in range(0, len(todo), _CHUNK):
-            chunk = subset(clips, todo[start : start + _CHUNK])
+            chunk = clips.subset(todo[start : start + _CHUNK])
             fresh = _score_chunk(tagger, chunk, mapping, clip_seconds, batch_size, skipped, on_progress, start,
                                  len(todo))
             if fresh is not None:
@@ -328,12 +327,12 @@ def write_manifest_and_weights(result: Enhancement, manifest_path: Path, weights
 def write_labels_csv(manifest: Manifest, new_labels: dict[str, tuple[str, ...]], path: Path) -> list[tuple[str, ...]]:
     """`id,labels` rows of every clip, enhanced where it gained labels, with the label separator the manifest
     readers detect (as in a plain CSV manifest); each row's labels."""
-    from tagger.data.manifests import _label_cells
+    from tagger.data.manifests import label_cells
     from tagger.fileio import atomic_write_csv
 
     check_out(manifest, path)
     rows = [tuple(new_labels.get(e.id, e.labels)) for e in manifest.examples]
-    cells = _label_cells(rows, path)
+    cells = label_cells(rows, path)
     atomic_write_csv(path, ("id", "labels"), ([e.id, cell] for e, cell in zip(manifest.examples, cells, strict=True)),
                      delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     return rows

@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from tagger import metrics
-from tagger.data.clips import Clips
+from tagger.data.clips import Clips, from_examples, open_clips
 from tagger.data.manifests import Example, Manifest
 from tagger.errors import TaggerError
-from tagger.labelled import examples_as_clips, open_labelled
 from tagger.labels import LabelSet
 from tagger.predict import FileError, PredictOptions, predict_clips
 from tagger.runtime import Tagger
@@ -300,15 +299,15 @@ def _clips(data, manifest_format: str, folds, split, audio_dir) -> tuple[Clips, 
 
         if is_store(data):
             raise TaggerError(f"{data} is a feature store; evaluate scores audio: pass the manifest it was made from")
-        data = open_labelled(data, manifest_format, audio_dir=audio_dir, folds=folds, split=split)
+        data = open_clips(data, manifest_format, audio_dir=audio_dir, folds=folds, split=split)
     elif folds is not None or split is not None or audio_dir is not None:
         raise TaggerError("folds, split and audio_dir apply when evaluate reads the manifest; pass its path instead")
     if isinstance(data, Clips):
         return data, data.examples(), list(data.missing), str(data.source)
     if isinstance(data, Manifest):
-        return examples_as_clips(data.examples, data.source, data.format), list(data.examples), list(data.missing), \
+        return from_examples(data.examples, data.source, data.format), list(data.examples), list(data.missing), \
             str(data.source)
     examples = list(data)
     if not examples:
         raise TaggerError("there are no clips to evaluate")
-    return examples_as_clips(examples), examples, [], "the given examples"
+    return from_examples(examples), examples, [], "the given examples"

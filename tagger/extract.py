@@ -24,12 +24,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tagger import audio, console
-from tagger.data.clips import Clips
+from tagger.data.clips import Clips, from_examples
 from tagger.data.manifests import Example
 from tagger.data.store import ShardWriter, finalize_store, init_store, scan_store, shard_tag
 from tagger.errors import TaggerError
 from tagger.frontends import build_frontend, frontend_to_dict
-from tagger.labelled import examples_as_clips
 from tagger.labels import LabelSet
 
 ON_ERROR = ("fail", "skip")
@@ -135,7 +134,7 @@ def extract_features(
         raise TaggerError("--workers must be >= 0, --batch-size and --shard-size >= 1")
     if duration is not None and duration <= 0:
         raise TaggerError(f"--duration {duration} must be positive")
-    clips = data if isinstance(data, Clips) else examples_as_clips(data)
+    clips = data if isinstance(data, Clips) else from_examples(data)
     missing = list(clips.missing) if isinstance(data, Clips) else list(missing)
     table = clips.table
     if labels is not None:

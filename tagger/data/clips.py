@@ -7,7 +7,7 @@ workers; each worker opens its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +73,14 @@ class Clips:
         labels = self.table.labels
         return [Example(Path(self.where(i)), labels.row(i), self.ids[i]) for i in range(len(self))]
 
+    def subset(self, rows) -> Clips:
+        """The given clips, in that order, reading their audio from the same place (files stay files, so long
+        ones are still streamed)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        table = ClipTable(self.table.ids.take(rows), self.table.labels.take(rows))
+        audio = FileAudio(self.audio.paths.take(rows)) if isinstance(self.audio, FileAudio) else _Rows(self.audio, rows)
+        return Clips(table, audio, self.source, self.format, sample_rate=self.sample_rate)
+
     def summary(self) -> str:
         n = len(self)
         notes = [f"{len(self.missing)} missing"] if self.missing else []
@@ -80,6 +88,25 @@ class Clips:
             notes.append(f"{len(self.duplicates)} duplicate{'s' * (len(self.duplicates) != 1)}")
         text = f"{n} clip{'s' * (n != 1)} from {self.source.name} ({self.format})"
         return text + ("; " + ", ".join(notes) if notes else "")
+
+
+class _Rows:
+    """Audio of some rows of another reader."""
+
+    def __init__(self, audio: ClipAudio, rows: np.ndarray):
+        self.base, self.rows = audio, rows
+
+    def load(self, index: int, sample_rate: int) -> np.ndarray:
+        return self.base.load(int(self.rows[index]), sample_rate)
+
+    def where(self, index: int) -> str:
+        return self.base.where(int(self.rows[index]))
+
+
+def from_examples(examples: Sequence[Example], source: Path = Path("."), fmt: str = "examples") -> Clips:
+    """Examples already read from a manifest, as the columns and file reader `open_clips` gives for it."""
+    table = ClipTable.from_lists([e.id for e in examples], [e.labels for e in examples])
+    return Clips(table, FileAudio(StringColumn.from_strings(str(e.path) for e in examples)), source, fmt)
 
 
 def from_manifest(path: str | Path, manifest_format: str = "auto", **options) -> Clips:
@@ -122,8 +149,9 @@ def open_clips(path: str | Path, manifest_format: str = "auto", **options) -> Cl
     _load_openers()
     for recognise, opener in _OPENERS:
         if recognise(path):
-            if any(v for v in options.values()):
-                given = ", ".join(k for k, v in options.items() if v)
+            given = [k for k, v in options.items() if v] + (["manifest_format"] if manifest_format != "auto" else [])
+            if given:
+                given = ", ".join(given)
                 raise TaggerError(f"{path} is a stored data set; {given} apply to manifests only")
             return opener(path)
     return from_manifest(path, manifest_format, **options)

@@ -472,7 +472,7 @@ def _split_missing(examples: list[Example], listing: _Listing) -> tuple[list[Exa
 def write_manifest_csv(examples: Iterable[Example], path: str | Path) -> None:
     """Write the plain `path,labels,id` CSV, choosing a label separator the reader will detect back."""
     examples = list(examples)
-    cells = _label_cells([e.labels for e in examples], path)
+    cells = label_cells([e.labels for e in examples], path)
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=_delimiter(Path(path)), lineterminator="\n")
     writer.writerow(["path", "labels", "id"])
@@ -480,7 +480,7 @@ def write_manifest_csv(examples: Iterable[Example], path: str | Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _label_cells(label_lists: Sequence[Sequence[str]], path: str | Path) -> list[str]:
+def label_cells(label_lists: Sequence[Sequence[str]], path: str | Path) -> list[str]:
     """Joined labels per clip with the first separator that no label contains and the reader will detect.
 
     A trailing separator on the first cell (an empty label, dropped on reading) announces ';' or '|' in files
@@ -597,9 +597,9 @@ def _rewrite_csv(source: Path, labels: dict[str, Sequence[str]], path: Path,
         new = _take(labels, clip_id, used)
         rows.append(tuple(new) if new is not None else _split_labels(cells[columns["labels"]], separator))
         cells[columns["path"]] = move(cells[columns["path"]])
-    label_cells = _label_cells(rows, path)
+    texts = label_cells(rows, path)
     table = [[*cells[: columns["labels"]], text, *cells[columns["labels"] + 1 :]]
-             for (_, cells), text in zip(body, label_cells, strict=True)]
+             for (_, cells), text in zip(body, texts, strict=True)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=_delimiter(path), lineterminator="\n")
     writer.writerow(header)

@@ -256,9 +256,9 @@ def _columns(candidate: Candidate, labels: LabelSet, task: str) -> list[int] | N
 
 
 def _read_validation(settings: EnsembleSettings) -> Validation:
-    from tagger.labelled import open_labelled
+    from tagger.data.clips import open_clips
 
-    return Validation(open_labelled(settings.valid, settings.manifest_format, audio_dir=settings.audio_dir,
+    return Validation(open_clips(settings.valid, settings.manifest_format, audio_dir=settings.audio_dir,
                                     folds=settings.valid_folds))
 
 

@@ -87,11 +87,11 @@ def _model_value(model, meta, source: str, validation, settings: EnsembleSetting
 def _recalibrate(model, payload: dict, settings: EnsembleSettings, hooks: Hooks) -> int:
     """Re-estimate BatchNorm statistics on the --bn-recalibrate data (a manifest, pack or HDF5 file) at the
     training clip length."""
+    from tagger.data.clips import open_clips
     from tagger.ensemble.averaging import recalibrate_batchnorm
-    from tagger.labelled import open_labelled
     from tagger.runtime import resolve_device
 
-    clips = open_labelled(settings.bn_recalibrate, settings.manifest_format, audio_dir=settings.audio_dir,
+    clips = open_clips(settings.bn_recalibrate, settings.manifest_format, audio_dir=settings.audio_dir,
                           folds=settings.bn_folds)
     if not len(clips):
         raise TaggerError(f"--bn-recalibrate {settings.bn_recalibrate}: no readable clips listed")
