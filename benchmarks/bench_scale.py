@@ -22,7 +22,7 @@ pack      `tagger pack` throughput (clips/s) on --pack-clips real files (ESC-50 
           else synthetic 5 s FLAC files) against a plain loop that decodes each file and writes its FLAC bytes to
           one file, with the same number of processes.
 
-    python benchmarks/bench_scale.py                       # everything, 2 M clips (about 20 min on 2 cores)
+    python benchmarks/bench_scale.py                       # everything, 2 M clips (about 30 min on 2 cores)
     python benchmarks/bench_scale.py --clips 200000 --legacy-clips 100000 --quick
 """
 
@@ -142,7 +142,7 @@ def write_clips(folder: Path, count: int, seconds: float) -> list[Path]:
     paths = []
     t = np.arange(int(seconds * RATE)) / RATE
     for i in range(count):
-        wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.02 * rng.standard_normal(len(t))
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.002 * rng.standard_normal(len(t))
         path = folder / f"clip{i}.flac"
         sf.write(path, wave.astype(np.float32), RATE, subtype="PCM_16")
         paths.append(path)
@@ -279,7 +279,7 @@ def measure_floor(pack: str, workers: int, clips: int) -> dict:
     return {"workers": workers, "clips": clips, "clips_per_s": round(clips / seconds, 1)}
 
 
-def measure_legacy(clips: int, workers: int, batches: int, seconds: float, started: float) -> dict:
+def measure_legacy(clips: int, workers: int, batches: int, work: str, started: float) -> dict:
     """The layout before the columnar data layer: Example objects and a dense float32 target matrix."""
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -307,7 +307,7 @@ def measure_legacy(clips: int, workers: int, batches: int, seconds: float, start
             return {"wave": torch.from_numpy(wave), "target": torch.from_numpy(self.targets[index])}
 
     with PeakPss() as peak:
-        examples = [Example(Path(f"/tmp/tagger-scale/links/d{i // 20000:03d}/c{i:07d}.flac"), tuple(rng.choice(rows)),
+        examples = [Example(Path(work) / "links" / f"d{i // 20000:03d}" / f"c{i:07d}.flac", tuple(rng.choice(rows)),
                             f"c{i:07d}") for i in range(clips)]
         targets = labels.encode_many([e.labels for e in examples])
         sampler = WeightedSampler(balanced_weights(targets), clips, seed=0)
@@ -359,7 +359,11 @@ def measure_pack(work: Path, clips: int, workers: int) -> dict:
             handle.write(blob)
     plain = time.perf_counter() - started
     os.remove(work / "plain.bin")
-    return {"clips": len(files), "source": "ESC-50 (44.1 kHz FLAC, 5 s)" if esc.is_dir() else "synthetic 5 s FLAC",
+    import soundfile as sf
+
+    info = sf.info(str(files[0]))
+    return {"clips": len(files), "source": f"{'ESC-50' if esc.is_dir() else 'synthetic'} ({info.samplerate} Hz "
+                                           f"{info.format}, {info.duration:g} s)",
             "workers": workers, "pack_clips_per_s": round(len(files) / ours, 1),
             "plain_clips_per_s": round(len(files) / plain, 1), "pack_over_plain": round(plain / ours, 2)}
 
@@ -390,7 +394,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=2_000_000)
     parser.add_argument("--legacy-clips", type=int, default=500_000)
-    parser.add_argument("--clip-seconds", type=float, default=1.0)
+    parser.add_argument("--clip-seconds", type=float, default=0.25)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--pack-clips", type=int, default=400)
@@ -413,8 +417,8 @@ def main() -> None:
     print("decode floor", results["floor"], flush=True)
     results["loader_over_floor"] = round(results["loader_pack"]["clips_per_s"] / results["floor"]["clips_per_s"], 2)
     if not args.quick:
-        results["legacy"] = in_subprocess("legacy", clips=args.legacy_clips, workers=args.workers,
-                                          batches=args.batches, seconds=args.clip_seconds)
+        results["legacy"] = in_subprocess("legacy", clips=min(args.legacy_clips, args.clips), workers=args.workers,
+                                          batches=args.batches, work=str(args.work))
         print("legacy", results["legacy"], flush=True)
         results["pack"] = measure_pack(args.work, args.pack_clips, min(2, os.cpu_count() or 1))
         print("pack", results["pack"], flush=True)
