@@ -38,6 +38,7 @@ class DataConfig:
     balance_formula: str = "ast"  # ast: 1000/(n+0.01), with replacement; passt: 1000/(n+100), without
     epoch_length: int = 0  # clips drawn per epoch; 0 = the training set size
     replacement: bool = True  # balanced sampler draws with replacement (AST/PSLA) or without (PaSST)
+    prefetch: int = 2  # batches each DataLoader worker loads ahead (the workers live for the whole run)
 
 
 @dataclass
@@ -104,6 +105,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + GradScaler, GPU)
     compile: bool = False  # torch.compile the model
+    channels_last: str = "auto"  # auto (on for the conv families on CUDA: PANNs, EfficientAT, PSLA) | on | off
+    log_every_steps: int = 20  # read the loss back (progress, clips/s, non-finite check) every N optimizer steps
     eval_every_steps: int = 0  # also validate every N optimizer steps; 0 = once per epoch
     save_every_steps: int = 100  # write the resume file every N optimizer steps (and at each epoch end)
     save_every_epoch: bool = False  # also keep epoch_NNN.pt after every epoch, for `tagger ensemble` (WA, cum)
@@ -137,6 +140,7 @@ CHOICES = {
     "schedule.kind": ("constant", "step", "exp-warmup-linear-down", "cosine", "htsat"),
     "schedule.unit": ("epoch", "step"),
     "run.precision": ("fp32", "bf16", "fp16"),
+    "run.channels_last": ("auto", "on", "off"),
     "run.metric": ("auto", "mAP", "mAUC", "accuracy", "loss"),
 }
 
@@ -149,6 +153,7 @@ NON_NEGATIVE = (
 POSITIVE = (
     "data.batch_size", "data.micro_batches", "augment.wave_mixup_alpha", "augment.spec_mixup_alpha", "optim.lr",
     "optim.eps", "optim.accumulate", "run.epochs", "run.save_every_steps", "loss.kd_temperature",
+    "data.prefetch", "run.log_every_steps",
 )
 
 

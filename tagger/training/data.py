@@ -358,9 +358,12 @@ def _quiet_worker(_: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler=None, drop_last: bool = False,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, persistent: bool = False, prefetch: int = 2) -> DataLoader:
+    """`persistent` keeps the worker processes (and their prefetched batches) from one epoch to the next, so a run
+    starts them once; the sampler still runs in this process, so its epoch and position, set before each `iter`,
+    decide what the workers load."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers, drop_last=drop_last,
         pin_memory=pin_memory, worker_init_fn=_quiet_worker if workers else None,
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0, prefetch_factor=prefetch if workers else None,
     )

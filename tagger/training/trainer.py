@@ -116,6 +116,37 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+CHANNELS_LAST_FAMILIES = ("panns", "efficientat", "psla")  # 2-D CNNs: cuDNN's NHWC kernels suit them
+
+
+def wants_channels_last(setting: str, arch: str, device: torch.device) -> bool:
+    """run.channels_last: "auto" is on only for the conv families on CUDA (a ViT gains nothing, the CPU loses)."""
+    if setting != "auto":
+        return setting == "on"
+    from tagger.models import model_entry
+
+    return device.type == "cuda" and model_entry(arch).family in CHANNELS_LAST_FAMILIES
+
+
+def to_channels_last(model: nn.Module) -> None:
+    """NHWC weights, and NHWC activations from each one-channel stem conv on: a (B, 1, F, T) spectrogram, 1x1 and
+    depthwise kernels look contiguous in both layouts, so without the hook EfficientAT and EfficientNet would stay
+    NCHW throughout (PANNs' 3x3 convs alone would switch)."""
+    model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 1:
+            module.register_forward_hook(_nhwc_output)
+
+
+def _nhwc_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.contiguous(memory_format=torch.channels_last)
+
+
+def fused_optimizer_ok(params: list[torch.Tensor]) -> bool:
+    """Adam(W)'s fused kernel: one launch for all parameters, and GradScaler's inf check without a host sync."""
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
 class FeatureNet(nn.Module):
     """model.forward_features as a module's forward, so DDP and torch.compile see only the trained part."""
 
@@ -264,6 +295,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.group)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
+        if wants_channels_last(self.config.run.channels_last, self.model.arch, self.ctx.device):
+            to_channels_last(self.model)  # before DDP, whose gradient buckets copy the parameters' layout
         if self.ctx.distributed:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
@@ -275,8 +308,9 @@ class Trainer:
         o = self.config.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
         kind = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        fused = {"fused": True} if fused_optimizer_ok(params) else {}
         return kind(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                    amsgrad=o.amsgrad)
+                    amsgrad=o.amsgrad, **fused)
 
     def _mask_fill(self) -> float:
         """AST/PSLA mask the fbank before dataset normalisation, so a masked cell becomes normalised 0."""
@@ -339,14 +373,25 @@ class Trainer:
             for note in self.init_notes:
                 console.log(note)
             console.log(self._describe())
-        with self._signals(), console.progress() as bar:
-            task = bar.add_task("", total=self.batches_per_epoch, rate="", visible=self.show_progress and self.main)
-            while not self.state.done and not self.interrupted and self.state.epoch < cfg.run.epochs:
-                self._train_epoch(bar, task)
-            if self.interrupted:
-                self.save_resume()
-                distributed.cleanup(self.ctx)
-                raise KeyboardInterrupt
+        # one loader for the whole run: its workers (and their prefetched batches) live from epoch to epoch
+        self.train_loader = make_loader(self.train_set, self.loader_batch, cfg.data.num_workers,
+                                        sampler=PositionedSampler(self.sampler), drop_last=True,
+                                        pin_memory=self.ctx.device.type == "cuda", persistent=True,
+                                        prefetch=cfg.data.prefetch)
+        self.pending = []  # (epoch, step, loss on the device) of the micro-batches not yet read back
+        try:
+            with self._signals(), console.progress() as bar:
+                task = bar.add_task("", total=self.batches_per_epoch, rate="",
+                                    visible=self.show_progress and self.main)
+                while not self.state.done and not self.interrupted and self.state.epoch < cfg.run.epochs:
+                    self._train_epoch(bar, task)
+                if self.interrupted:
+                    self._read_losses()
+                    self.save_resume()
+                    distributed.cleanup(self.ctx)
+                    raise KeyboardInterrupt
+        finally:
+            self.train_loader = None  # stops the persistent workers
         if not self.state.stop_reason:
             self.state.stop_reason = "finished"
         self.state.done = True
@@ -368,41 +413,68 @@ class Trainer:
 
     def _train_epoch(self, bar, task) -> None:
         cfg, state = self.config, self.state
+        # the sampler runs in this process: what it is set to here is what the (persistent) workers load next
         self.sampler.set_epoch(state.epoch)
         self.sampler.load_state_dict({"epoch": state.epoch, "position": state.batch * self.loader_batch})
-        loader = make_loader(self.train_set, self.loader_batch, cfg.data.num_workers,
-                             sampler=PositionedSampler(self.sampler), drop_last=True,
-                             pin_memory=self.ctx.device.type == "cuda")
         self.model.train()
         bar.update(task, description=f"epoch {state.epoch + 1}/{cfg.run.epochs}", completed=state.batch,
                    total=self.batches_per_epoch)
-        window_clips, window_start = 0, time.perf_counter()
-        for batch in loader:
+        self.window = (0, time.perf_counter())  # clips trained in this epoch and when it started, for clips/s
+        for batch in self.train_loader:
             if state.batch >= self.batches_per_epoch:
                 break
             self._train_batch(batch)
-            window_clips += self.loader_batch * self.ctx.world_size
-            rate = window_clips / max(time.perf_counter() - window_start, 1e-9)
-            self.clips_per_s = rate
-            loss = state.loss_sum / max(state.loss_count, 1)
-            bar.update(task, completed=state.batch,
-                       rate=f"loss {loss:.4f}  lr {self._lr():.3g}  {rate:.1f} clips/s  step {state.step}")
+            self.window = (self.window[0] + self.loader_batch * self.ctx.world_size, self.window[1])
+            bar.update(task, completed=state.batch)
             if not self._ends_step(state.batch - 1):
                 continue
+            if state.step % cfg.run.log_every_steps == 0:
+                self._log_progress(bar, task)
             if cfg.run.eval_every_steps and state.step % cfg.run.eval_every_steps == 0 \
                     and state.batch < self.batches_per_epoch:
+                self._log_progress(bar, task)
                 self._evaluate(fraction=state.batch / self.batches_per_epoch)
             if state.step % cfg.run.save_every_steps == 0:
+                self._read_losses()
                 self.save_resume()
             if self._should_stop():
                 self.interrupted = True
                 return
             if state.done:
                 return
+        self._log_progress(bar, task)
         state.epoch += 1
         state.batch = 0
         self._evaluate(fraction=0.0)
         self.save_resume()
+
+    def _log_progress(self, bar, task) -> None:
+        """Every run.log_every_steps (and before validation): read the losses back, the one host sync of
+        training, and show loss and clips/s."""
+        self._read_losses()
+        clips, start = self.window
+        self.clips_per_s = clips / max(time.perf_counter() - start, 1e-9)
+        loss = self.state.loss_sum / max(self.state.loss_count, 1)
+        bar.update(task, rate=f"loss {loss:.4f}  lr {self._lr():.3g}  {self.clips_per_s:.1f} clips/s  "
+                              f"step {self.state.step}")
+
+    def _read_losses(self) -> None:
+        """Add the pending losses to state.loss_sum one by one, in order (so the sum is the same whatever
+        run.log_every_steps is), stopping at the first non-finite one before any checkpoint holds the spoilt
+        weights (every save and evaluation reads the losses first)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        values = torch.stack([loss for _, _, loss in pending]).cpu().tolist()
+        for (epoch, step, _), value in zip(pending, values, strict=True):
+            if not math.isfinite(value):
+                first, last = pending[0][1], pending[-1][1]
+                seen = f"losses are read every {self.config.run.log_every_steps} steps; this read: steps {first}-{last}"
+                raise TaggerError(
+                    f"non-finite training loss ({value}) at epoch {epoch + 1}, step {step} ({seen}); the last good "
+                    f"checkpoint stays in {self.paths.dir}; lower optim.lr or use run.precision=fp32")
+            self.state.loss_sum += value
+            self.state.loss_count += 1
 
     def _elapsed(self) -> float:
         return self.state.seconds + time.perf_counter() - self.session_start
@@ -416,6 +488,8 @@ class Trainer:
             group["lr"] = self.config.optim.lr * factor
 
     def _train_batch(self, batch: dict) -> None:
+        """One micro-batch without a host sync: copies from pinned memory do not block, and the loss stays on the
+        device until `_read_losses`."""
         cfg, state, device = self.config, self.state, self.ctx.device
         micro = state.epoch * self.batches_per_epoch + state.batch
         torch.manual_seed(_seed(cfg.run.seed, self.ctx.rank, micro))  # dropout, patchout, mel jitter
@@ -428,12 +502,11 @@ class Trainer:
                 spec = self.model.frontend(batch["wave"].to(device, non_blocking=True))
             a = cfg.augment
             spec = spec_augment(spec, a.freqm, a.timem, rng, a.freq_masks, a.time_masks, self.fill)
-            teacher = batch["teacher"].to(device) if "teacher" in batch else None
-            has_teacher = batch["has_teacher"].to(device) if "has_teacher" in batch else None
+            teacher = batch["teacher"].to(device, non_blocking=True) if "teacher" in batch else None
+            has_teacher = batch["has_teacher"].to(device, non_blocking=True) if "has_teacher" in batch else None
             if a.spec_mixup != "none":
                 plan = draw_spec_mixup(spec.shape[0], a.spec_mixup, a.spec_mixup_alpha, rng)
-                plan.first, plan.second = plan.first.to(device), plan.second.to(device)
-                plan.lam = plan.lam.to(device)
+                plan.first, plan.second, plan.lam = (self._to_device(t) for t in (plan.first, plan.second, plan.lam))
                 spec, targets = apply_mix(spec, plan), mix_targets(targets, plan)
                 if teacher is not None:
                     teacher = mix_targets(teacher, plan)  # soft targets, mixed as probabilities (EfficientAT)
@@ -446,18 +519,19 @@ class Trainer:
             with self._autocast():
                 logits = self.net(spec)
             loss, _ = training_loss(logits.float(), targets, self.loss_kind, teacher, has_teacher, cfg.loss.kd_lambda)
-            if not torch.isfinite(loss):
-                raise TaggerError(
-                    f"non-finite training loss ({loss.item()}) at epoch {state.epoch + 1}, step {state.step}; "
-                    f"the last good checkpoint stays in {self.paths.dir}; lower optim.lr or use run.precision=fp32")
             scaled = loss / self.group
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        state.loss_sum += float(loss.detach())
-        state.loss_count += 1
+        self.pending.append((state.epoch, state.step, loss.detach()))
         state.batch += 1
         if last_micro:
             self._optimizer_step()
             state.step += 1
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A small tensor made on the host in this step, copied without blocking (pinned first) on CUDA."""
+        if self.ctx.device.type != "cuda":
+            return tensor.to(self.ctx.device)
+        return tensor.pin_memory().to(self.ctx.device, non_blocking=True)
 
     def _ends_step(self, batch: int) -> bool:
         """Whether micro-batch `batch` (0-based in the epoch) is the last of an optimizer step."""
@@ -465,9 +539,9 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         clip = self.config.optim.clip_grad
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if clip:
+        if clip:  # else GradScaler.step unscales (inside the fused kernel, with a fused optimizer)
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if self.scaler:
             self.scaler.step(self.optimizer)

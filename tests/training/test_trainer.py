@@ -165,7 +165,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(synt
     before = (tmp_path / "run" / "last.pt").read_bytes()
     config = tmp_path / "run" / "config.toml"
     config.write_text(config.read_text().replace("epochs = 1", "epochs = 2"))
-    monkeypatch.setattr(trainer.FeatureNet, "forward", lambda self, spec: torch.full((spec.shape[0], 6), np.nan))
+    nan = lambda self, spec: torch.full((spec.shape[0], 6), np.nan, requires_grad=True)  # noqa: E731
+    monkeypatch.setattr(trainer.FeatureNet, "forward", nan)  # differentiable: the check comes after backward
     with pytest.raises(TaggerError, match="non-finite training loss"):
         trainer.resume(tmp_path / "run", show_progress=False)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
