@@ -201,7 +201,7 @@ def build_pack(work: Path, manifest: Path) -> Path:
 
     pack_writer.encode_clip = encode_once
     data = read_manifest(manifest)
-    pack_writer.pack(data.examples, out, source=manifest, workers=0, shard_size=10000)
+    pack_writer.pack(data.examples, out, source=manifest, workers=0)  # 1000 clips per shard: 2000 shards
     print(f"packed {len(data.examples)} clips into {out} in {time.perf_counter() - started:.0f} s", flush=True)
     return out
 
@@ -267,9 +267,7 @@ def measure_floor(pack: str, workers: int, clips: int) -> dict:
 
     reader = open_clips(pack).audio
     rng = np.random.default_rng(0)
-    picks = rng.integers(0, len(reader.columns["row"]), 256)
-    rows = [(int(reader.columns["shard"][i]), int(reader.columns["row"][i])) for i in picks]
-    blobs = [reader._audio(shard)[row].tobytes() for shard, row in rows]
+    blobs = [reader.encoded(int(i)) for i in rng.integers(0, len(reader.columns["row"]), 256)]
     items = [blobs[i % len(blobs)] for i in range(clips)]
     with multiprocessing.get_context("fork").Pool(max(workers, 1)) as pool:
         pool.map(_decode, items[:64])

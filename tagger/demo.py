@@ -67,8 +67,11 @@ def main() -> None:
     print("matters: its BatchNorm statistics follow the weights slowly (momentum 0.01), so at a constant lr they")
     print("lag behind the weights and held-out scores stay poor. It trains 9 epochs, then one more by resuming the")
     print("finished run with a raised epoch count.")
+    print("\nThe training audio packed into HDF5 shards first, as for AudioSet (FLAC keeps every sample: training on")
+    print("the pack equals training on the files, with an index that opens 2 M clips in a fraction of a second).")
+    run("pack", str(data / "train.csv"), "--out", str(OUT / "pack-train"))
     mn01 = OUT / "runs" / "mn01-audio"
-    run("train", "--arch", "efficientat-mn01", "--train", str(data / "train.csv"), "--valid", str(data / "valid.csv"),
+    run("train", "--arch", "efficientat-mn01", "--train", str(OUT / "pack-train"), "--valid", str(data / "valid.csv"),
         "--labels", labels, "--out", str(mn01), "--set", "data.clip_seconds=3", "--set", "data.eval_clip_seconds=5",
         "--set", "data.batch_size=8", "--set", "data.sampler=balanced", "--set", "data.epoch_length=288",
         "--set", "run.epochs=9", "--set", "optim.lr=1e-2", "--set", "schedule.kind=cosine",

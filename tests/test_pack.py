@@ -88,7 +88,9 @@ def test_flac_pack_is_bit_exact_and_self_describing(loose, tmp_path):
     import h5py
 
     with h5py.File(out / shard_name(0), "r") as shard:  # the 16-bit mono sources stay 16-bit
-        subtypes = [sf.info(io.BytesIO(shard["audio"][r].tobytes())).subtype for r in range(2)]
+        offsets = shard["audio_offsets"][()]
+        subtypes = [sf.info(io.BytesIO(shard["audio"][offsets[r]:offsets[r + 1]].tobytes())).subtype
+                    for r in range(2)]
         assert subtypes == ["PCM_16", "PCM_16"] and list(shard["clip"][()]) == [0, 1, 2]
 
 
@@ -189,8 +191,10 @@ def test_damaged_bytes_name_the_shard_and_row(loose, tmp_path):
     out = tmp_path / "pack"
     _pack(loose, out)
     clips = open_clips(out)
-    with h5py.File(out / shard_name(1), "r+") as shard:
-        shard["audio"][1] = np.frombuffer(b"not flac at all", dtype=np.uint8)
+    with h5py.File(out / shard_name(1), "r+") as shard:  # the bytes of row 1 overwritten in place
+        start, end = shard["audio_offsets"][1:3]
+        shard["audio"][start:end] = np.frombuffer(b"not flac at all!" * ((end - start) // 16 + 1),
+                                                  dtype=np.uint8)[: end - start]
     with pytest.raises(TaggerError, match=r"shard-00001.h5 row 1: cannot decode the stored flac audio"):
         clips.load(4, 16000)
 

@@ -28,8 +28,8 @@ FORMAT = "tagger-pack"
 VERSION = 1
 CODECS = ("flac", "mp3", "pcm16")
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # what libmp3lame encodes
-OPEN_SHARDS = 8  # h5py handles kept open per process: a balanced sampler hops between all shards
-_COLUMNS = ("shard", "row", "num_samples", "sample_rate")
+OPEN_SHARDS = 256  # file descriptors kept open per process: a balanced sampler hops between all shards
+_COLUMNS = ("shard", "row", "num_samples", "sample_rate", "byte_offset", "byte_length")
 
 
 def shard_name(shard: int) -> str:
@@ -100,7 +100,10 @@ def read_shard_columns(path: Path) -> dict:
 
     with h5py.File(path, "r") as handle:
         columns = {name: handle[name][()] for name in ("ids_data", "ids_offsets", "labels_indptr",
-                                                      "labels_indices", "num_samples", "sample_rate")}
+                                                      "labels_indices", "num_samples", "sample_rate",
+                                                      "audio_offsets")}
+        # Where the contiguous audio bytes start in the file (None for a shard without clips).
+        columns["audio_start"] = handle["audio"].id.get_offset() or 0
         columns["vocabulary"] = [v.decode("utf-8") for v in handle["labels_vocabulary"][()]]
         columns["errors"] = list(zip((p.decode("utf-8") for p in handle["errors_path"][()]),
                                      (r.decode("utf-8") for r in handle["errors_reason"][()]), strict=True))
@@ -116,7 +119,7 @@ def build_index(folder: Path, meta: dict) -> int:
     parts = [read_shard_columns(folder / shard_name(i)) for i in range(meta["shards"])]
     vocabulary: dict[str, int] = {}
     id_data, id_offsets, indptr, indices = [], [np.zeros(1, np.int64)], [np.zeros(1, np.int64)], []
-    shard, row = [], []
+    shard, row, starts, sizes = [], [], [], []
     id_end = label_end = 0
     for i, part in enumerate(parts):
         lookup = np.array([vocabulary.setdefault(v, len(vocabulary)) for v in part["vocabulary"]], dtype=np.int32)
@@ -129,8 +132,11 @@ def build_index(folder: Path, meta: dict) -> int:
         count = len(part["num_samples"])
         shard.append(np.full(count, i, dtype=np.int32))
         row.append(np.arange(count, dtype=np.int32))
+        starts.append(part["audio_start"] + part["audio_offsets"][:-1])
+        sizes.append(np.diff(part["audio_offsets"]))
     columns = {
         "shard": np.concatenate(shard), "row": np.concatenate(row),
+        "byte_offset": np.concatenate(starts).astype(np.int64), "byte_length": np.concatenate(sizes).astype(np.int64),
         "num_samples": np.concatenate([p["num_samples"] for p in parts]).astype(np.int64),
         "sample_rate": np.concatenate([p["sample_rate"] for p in parts]).astype(np.int32),
     }
@@ -164,7 +170,8 @@ def build_index(folder: Path, meta: dict) -> int:
 
 
 class PackAudio:
-    """Clips decoded from a pack's shards: columns memory-mapped, h5py files opened lazily in each process."""
+    """Clips decoded from a pack's shards: columns memory-mapped, shard files opened lazily in each process and
+    read with pread at the byte offsets the index records (one system call per clip, no HDF5 library call)."""
 
     def __init__(self, folder: Path, codec: str):
         self.folder = Path(folder)
@@ -172,7 +179,7 @@ class PackAudio:
         index = self.folder / "index"
         self.columns = {name: np.load(index / f"{name}.npy", mmap_mode="r") for name in _COLUMNS}
         self._pid = os.getpid()
-        self._open: OrderedDict[int, object] = OrderedDict()  # shard -> (h5py.File, its audio dataset)
+        self._open: OrderedDict[int, int] = OrderedDict()  # shard -> file descriptor
 
     def __getstate__(self) -> dict:
         # Pickling a memmap copies it; a worker maps the same files again instead (and opens its own handles).
@@ -186,7 +193,12 @@ class PackAudio:
 
     def encoded(self, index: int) -> bytes:
         """Clip `index` as stored (FLAC/MP3 file bytes or raw 16-bit samples)."""
-        return self._audio(int(self.columns["shard"][index]))[int(self.columns["row"][index])].tobytes()
+        length = int(self.columns["byte_length"][index])
+        data = os.pread(self._descriptor(int(self.columns["shard"][index])), length,
+                        int(self.columns["byte_offset"][index]))
+        if len(data) != length:
+            raise OSError(f"the shard ends {length - len(data)} bytes early")
+        return data
 
     def load(self, index: int, sample_rate: int) -> np.ndarray:
         try:
@@ -199,21 +211,18 @@ class PackAudio:
                               "index); pack that shard again (delete it and rerun tagger pack)")
         return audio.resample(wave, int(self.columns["sample_rate"][index]), sample_rate)
 
-    def _audio(self, shard: int):
-        """The audio dataset of a shard, from a small per-process LRU of open files."""
-        import h5py
-
-        if self._pid != os.getpid():  # forked: the parent's HDF5 handles must not be shared
+    def _descriptor(self, shard: int) -> int:
+        """A shard's file descriptor, from a per-process LRU (descriptors cost no memory; opening is cheap)."""
+        if self._pid != os.getpid():  # forked: leave the parent's descriptors to the parent
             self._open = OrderedDict()
             self._pid = os.getpid()
         if shard in self._open:
             self._open.move_to_end(shard)
-            return self._open[shard][1]
+            return self._open[shard]
         if len(self._open) >= OPEN_SHARDS:
-            self._open.popitem(last=False)[1][0].close()
-        handle = h5py.File(self.folder / shard_name(shard), "r")
-        self._open[shard] = (handle, handle["audio"])
-        return handle["audio"]
+            os.close(self._open.popitem(last=False)[1])
+        self._open[shard] = os.open(self.folder / shard_name(shard), os.O_RDONLY)
+        return self._open[shard]
 
 
 def open_pack(path: Path) -> Clips:
