@@ -6,6 +6,7 @@ Heavy modules (torch, numpy, the core) are imported inside the commands so `tagg
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -427,9 +428,11 @@ def train_command(
                 config, trainer.data_spec(train, _parse_folds(train_folds), audio_dir),
                 trainer.data_spec(valid, _parse_folds(valid_folds), audio_dir), out, labels)
     except KeyboardInterrupt:
-        run = resume or out
-        console.log(f"interrupted; progress saved. Continue with: tagger train --resume {run}")
+        if os.environ.get("RANK", "0") == "0":
+            console.log(f"interrupted; progress saved. Continue with: tagger train --resume {resume or out}")
         raise typer.Exit(130) from None
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all (the others lack the metrics)
+        return
     row = {"run": str(result.run_dir), "stopped": result.stop_reason, "epochs": result.epochs,
            "steps": result.steps, f"best_{result.metric}": result.best, "minutes": round(result.seconds / 60, 2)}
     row.update({k: v for k, v in result.last_metrics.items() if k not in ("epoch", "step", "lr")})

@@ -1,8 +1,9 @@
-"""torchrun / DDP plumbing: who am I, which device, and collecting results from every rank."""
+"""torchrun / DDP plumbing: who am I, which device, which torchrun job, and agreeing on results across ranks."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,20 @@ def setup(device: str = "auto") -> Context:
         if context.device.type == "cuda":
             torch.cuda.set_device(context.device)
         dist.init_process_group(backend=backend)
+        if context.is_main and _restarts_share_store():
+            from tagger import console
+
+            console.log("warning: torchrun may restart these workers and shares its rendezvous store with them, "
+                        "where a restarted worker can find the failed one's address and never connect "
+                        "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun")
     return context
+
+
+def _restarts_share_store() -> bool:
+    """Whether torchrun (c10d rendezvous, --max-restarts > 0) hands the workers its own store: the keys of a failed
+    attempt stay there, and the next attempt's process group can read them."""
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" \
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def cleanup(context: Context) -> None:
@@ -82,3 +96,28 @@ def broadcast(obj: Any, context: Context) -> Any:
 def barrier(context: Context) -> None:
     if context.distributed:
         dist.barrier()
+
+
+def job_id() -> str | None:
+    """The torchrun job this process belongs to: its rendezvous id (`--rdzv-id`, random under `--standalone`),
+    which elastic restarts keep, as does a requeued Slurm job that passes its job id. None outside torchrun
+    and under the static rendezvous, whose id is always "none" and so tells jobs apart no better than nothing."""
+    value = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return value if value and value != "none" else None
+
+
+def decide(choose: Callable[[], Any], context: Context) -> Any:
+    """Rank 0's `choose()` on every rank. Only rank 0 looks, before any rank acts, so a rank can never see a
+    file that another rank has just written; a TaggerError raised on rank 0 is raised on every rank, where
+    otherwise the others would wait for it forever."""
+    outcome: tuple[str, Any] | None = None
+    if context.is_main:
+        try:
+            outcome = ("ok", choose())
+        except TaggerError as error:
+            outcome = ("error", str(error))
+    kind, value = broadcast(outcome, context)
+    if kind == "error":
+        cleanup(context)
+        raise TaggerError(value)
+    return value

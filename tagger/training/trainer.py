@@ -698,21 +698,64 @@ def data_spec(path: str | Path, folds: list[int] | None = None, audio_dir: str |
 
 def train(config: TrainConfig, train: dict, valid: dict, out_dir: str | Path,
           labels_path: str | Path | None = None, show_progress: bool = True) -> TrainResult:
-    """Start a new run in `out_dir` (refused when it already holds one); `train`/`valid` come from data_spec()."""
+    """Start a new run in `out_dir`; `train`/`valid` come from data_spec(). A folder that already holds a run is
+    refused, except by the torchrun job that started it (an elastic restart after `--max-restarts`, or a
+    requeued job with the same `--rdzv-id`): that job continues it from resume.pt."""
     paths = RunPaths(Path(out_dir))
-    if paths.resume.exists() or paths.metrics.exists():
-        raise TaggerError(f"{out_dir} already holds a run; continue it with `tagger train --resume {out_dir}` "
-                          "or choose another --out")
+    context = distributed.setup(config.run.device)
+    if distributed.decide(lambda: _continues_own_run(paths, config, train, valid), context):
+        if context.is_main:
+            console.log(f"{out_dir} was started by this torchrun job (rendezvous id {distributed.job_id()}); "
+                        "continuing it from its resume file")
+        return resume(paths.dir, show_progress)
     trainer = Trainer(config, paths.dir, train, valid, Path(labels_path) if labels_path else None,
                       show_progress=show_progress)
     if trainer.main:
         paths.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(paths.config, to_toml(config))
         atomic_write_json(paths.run, {"train": train, "valid": valid, "task": trainer.task,
-                                      "model_kwargs": trainer.model.model_kwargs})
+                                      "model_kwargs": trainer.model.model_kwargs, "job": distributed.job_id()})
         trainer.labels.write_csv(paths.dir / "labels.csv")
         trainer.save_resume()
     return trainer.fit()
+
+
+def _continues_own_run(paths: RunPaths, config: TrainConfig, train: dict, valid: dict) -> bool:
+    """Rank 0, before anything is written: False for a fresh folder, True for one this torchrun job started
+    with these settings; any other run in the folder is refused, so nobody's run is overwritten or hijacked."""
+    import json
+
+    if not (paths.resume.exists() or paths.metrics.exists()):
+        return False
+    job = distributed.job_id()
+    try:
+        saved = json.loads(paths.run.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    if job is None or saved.get("job") != job:
+        static = job is None and "TORCHELASTIC_RUN_ID" in os.environ
+        hint = "; a torchrun restart continues its own run only with --rdzv-id (or --standalone)" if static else ""
+        raise TaggerError(f"{paths.dir} already holds a run; continue it with `tagger train --resume {paths.dir}` "
+                          f"or choose another --out{hint}")
+    changed = [name for name, spec in (("--train", train), ("--valid", valid)) if saved.get(name[2:]) != spec]
+    # data.micro_batches is left out: the first start may have split batches to fit memory (same optimizer steps)
+    before = _flat(config_from_dict(read_recipe(str(paths.config))).to_dict())
+    changed += [key for key, value in _flat(config.to_dict()).items()
+                if key != "data.micro_batches" and before.get(key) != value]
+    if changed:
+        raise TaggerError(f"{paths.dir} was started by this torchrun job ({job}) with other settings "
+                          f"({', '.join(changed)}); restart it as it was started, or choose another --out")
+    return True
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def resume(run_dir: str | Path, show_progress: bool = True) -> TrainResult:
