@@ -12,9 +12,12 @@ open      seconds to open the pack with `open_clips` (index, memory-mapped colum
 loader    the training input path as `tagger train` builds it (read_source, CSR targets, balanced sampler over all
           clips, TrainWaves, the training DataLoader with --workers workers, batch 32): time from process start to
           the first batch, clips/s over the next --batches batches, and the peak PSS of the whole process tree
-          (main process and workers; PSS counts shared pages once, split between the processes sharing them).
+          (main process and workers; PSS counts shared pages once, split between the processes sharing them);
+          over the pack, and over the JSON manifest of loose files.
 floor     decode-only floor of the same codec: the same number of worker processes decoding the same clips'
-          bytes straight from memory (no HDF5, no sampling, no augmentation); loader / floor is the ratio.
+          bytes straight from memory (no file reads, no sampling, no augmentation, nothing sent back to the main
+          process); loader / floor is the ratio. Both again on a second pack of --real-clips clips of 10 s (AudioSet's
+          length), where decoding, not per-clip overhead, is most of the work.
 legacy    the pre-columnar layout (one Python Example object per clip plus a dense float32 (N, 527) target
           matrix, read by the workers) at --legacy-clips clips, with the same loader: its peak PSS and time to
           the first batch, for comparison at the largest size that fits.
@@ -149,13 +152,13 @@ def write_clips(folder: Path, count: int, seconds: float) -> list[Path]:
     return paths
 
 
-def link_farm(work: Path, clips: int, seconds: float) -> list[str]:
+def link_farm(work: Path, clips: int, seconds: float, tag: str = "") -> list[str]:
     """`clips` distinct file names (hard links, 64 distinct clips, 20 000 per folder): a manifest lists every
     clip once, as AudioSet's do."""
-    audio = write_clips(work / "audio", 64, seconds)
+    audio = write_clips(work / f"audio{tag}", 64, seconds)
     paths = []
     for i in range(clips):
-        path = work / "links" / f"d{i // 20000:03d}" / f"c{i:07d}.flac"
+        path = work / f"links{tag}" / f"d{i // 20000:03d}" / f"c{i:07d}.flac"
         if i % 20000 == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -164,13 +167,13 @@ def link_farm(work: Path, clips: int, seconds: float) -> list[str]:
     return paths
 
 
-def build_manifest(work: Path, clips: int, seconds: float) -> Path:
-    path = work / f"manifest_{clips}.json"
+def build_manifest(work: Path, clips: int, seconds: float, tag: str = "") -> Path:
+    path = work / f"manifest{tag}_{clips}.json"
     if path.is_file():
         return path
     rows = audioset_label_rows()
     started = time.perf_counter()
-    paths = link_farm(work, clips, seconds)
+    paths = link_farm(work, clips, seconds, tag)
     rng = random.Random(0)
     with open(path.with_suffix(".tmp"), "w") as handle:
         handle.write('{"data": [\n')
@@ -220,7 +223,7 @@ def measure_open(path: str) -> dict:
             "rss_added_MB": round((rss_bytes() - before) / 1e6, 1)}
 
 
-def measure_loader(path: str, workers: int, batches: int, started: float) -> dict:
+def measure_loader(path: str, workers: int, batches: int, started: float, seconds: float = 1.0) -> dict:
     import torch
 
     from tagger.labels import LabelSet
@@ -241,7 +244,7 @@ def measure_loader(path: str, workers: int, batches: int, started: float) -> dic
         labels = LabelSet.from_list(source_labels(source))
         targets = Targets(source.labels, labels)
         sampler = build_sampler(DataConfig(sampler="balanced"), targets, seed=0, rank=0, world_size=1)
-        dataset = TrainWaves(source, targets, RATE, 1.0, AugmentConfig(), seed=0)
+        dataset = TrainWaves(source, targets, RATE, seconds, AugmentConfig(), seed=0)
         loader = make_loader(dataset, 32, workers, sampler=PositionedSampler(sampler), drop_last=True)
         iterator = iter(loader)
         next(iterator)
@@ -396,6 +399,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--pack-clips", type=int, default=400)
+    parser.add_argument("--real-clips", type=int, default=2048, help="clips of the 10 s set (0: skip it)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tagger-scale"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--quick", action="store_true", help="skip the legacy and pack-throughput measurements")
@@ -411,9 +415,21 @@ def main() -> None:
     print("open manifest", results["open_manifest"], flush=True)
     results["loader_pack"] = in_subprocess("loader", path=str(pack), workers=args.workers, batches=args.batches)
     print("loader pack", results["loader_pack"], flush=True)
+    results["loader_manifest"] = in_subprocess("loader", path=str(manifest), workers=args.workers,
+                                               batches=args.batches)
+    print("loader manifest", results["loader_manifest"], flush=True)
     results["floor"] = in_subprocess("floor", pack=str(pack), workers=args.workers, clips=args.batches * 32 * 4)
     print("decode floor", results["floor"], flush=True)
     results["loader_over_floor"] = round(results["loader_pack"]["clips_per_s"] / results["floor"]["clips_per_s"], 2)
+    if args.real_clips:  # the same at AudioSet's clip length, where decoding dominates
+        pack10 = build_pack(args.work, build_manifest(args.work, args.real_clips, 10.0, tag="10s"))
+        results["loader_10s"] = in_subprocess("loader", path=str(pack10), workers=args.workers,
+                                              batches=args.batches, seconds=10.0)
+        print("loader 10 s", results["loader_10s"], flush=True)
+        results["floor_10s"] = in_subprocess("floor", pack=str(pack10), workers=args.workers, clips=args.batches * 32)
+        print("decode floor 10 s", results["floor_10s"], flush=True)
+        results["loader_over_floor_10s"] = round(results["loader_10s"]["clips_per_s"]
+                                                 / results["floor_10s"]["clips_per_s"], 2)
     if not args.quick:
         results["legacy"] = in_subprocess("legacy", clips=min(args.legacy_clips, args.clips), workers=args.workers,
                                           batches=args.batches, work=str(args.work))

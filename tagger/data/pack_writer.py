@@ -76,6 +76,15 @@ def check_settings(codec: str, sample_rate: int | None, shard_size: int, workers
 
 def encode_clip(path: str, codec: str, sample_rate: int | None) -> tuple[bytes, int, int]:
     """(encoded bytes, rate, samples) of one file, decoded exactly as tagger.audio loads loose files."""
+    if codec != "mp3":
+        own = _int16_samples(path, sample_rate)
+        if own is not None:  # a mono 16-bit file kept at its rate: its samples as they are (the common case)
+            samples, rate = own
+            if codec == "pcm16":
+                return samples.astype("<i2").tobytes(), rate, len(samples)
+            buffer = io.BytesIO()
+            sf.write(buffer, samples, rate, format="FLAC", subtype="PCM_16")
+            return buffer.getvalue(), rate, len(samples)
     wave, rate = audio.load_with_rate(path)
     if sample_rate is not None and sample_rate != rate:
         wave, rate = audio.resample(wave, rate, sample_rate), sample_rate
@@ -95,6 +104,20 @@ def encode_clip(path: str, codec: str, sample_rate: int | None) -> tuple[bytes, 
         scaled = np.clip(np.round(wave * np.float64(2 ** 23)), -2 ** 23, 2 ** 23 - 1).astype(np.int32)
         sf.write(buffer, scaled << 8, rate, format="FLAC", subtype="PCM_24")  # int32 input: the top 24 bits
     return buffer.getvalue(), rate, len(wave)
+
+
+def _int16_samples(path: str, sample_rate: int | None) -> tuple[np.ndarray, int] | None:
+    """A mono 16-bit PCM file's samples as int16 when they are stored unchanged (no resampling); None otherwise,
+    and for anything unusual, which then goes through tagger.audio (and its one-line errors)."""
+    try:
+        with sf.SoundFile(path) as handle:
+            if handle.channels != 1 or handle.subtype != "PCM_16" or sample_rate not in (None, handle.samplerate):
+                return None
+            samples = handle.read(dtype="int16")
+            rate = handle.samplerate
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError):
+        return None
+    return (samples, rate) if len(samples) else None
 
 
 def _on_grid(wave: np.ndarray, bits: int) -> bool:

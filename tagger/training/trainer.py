@@ -563,6 +563,9 @@ class Trainer:
     def predict_valid(self) -> tuple[np.ndarray, np.ndarray, float] | None:
         """(logits, targets, mean loss) over the validation set, gathered from every rank onto rank 0."""
         self.model.eval()
+        if self.ctx.distributed:  # DDP copies rank 0's BatchNorm statistics only at the next forward: every rank
+            for buffer in self.model.buffers():  # must score with the ones last.pt saves
+                torch.distributed.broadcast(buffer.data, 0)
         subset = torch.utils.data.Subset(self.valid_set, range(self.ctx.rank, len(self.valid_set),
                                                                self.ctx.world_size))
         loader = make_loader(subset, self.eval_batch, self.config.data.num_workers)
