@@ -257,7 +257,7 @@ def pack_command(
     from tagger import console
     from tagger.data.manifests import read_manifest
     from tagger.data.pack_writer import check_settings, pack_with_progress
-    from tagger.extract import parse_part
+    from tagger.jobs import parse_part
 
     check_settings(codec, sample_rate, shard_size, workers)
     part = parse_part(shard)

@@ -10,12 +10,10 @@ in shards (see data/store.py), which makes the job resumable and safe to interru
 
 from __future__ import annotations
 
-import signal
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from tagger.data.manifests import Example
 from tagger.data.store import ShardWriter, finalize_store, init_store, scan_store, shard_tag
 from tagger.errors import TaggerError
 from tagger.frontends import build_frontend, frontend_to_dict
+from tagger.jobs import parse_part, sigterm_as_interrupt  # noqa: F401 (parse_part: the old import path)
 from tagger.labels import LabelSet
 
 ON_ERROR = ("fail", "skip")
@@ -41,19 +40,6 @@ class ExtractResult:
     already_done: int
     failed: int
     stats: dict
-
-
-def parse_part(text: str | None) -> tuple[int, int] | None:
-    """'K/N' (1-based) as given to --shard, validated."""
-    if text is None:
-        return None
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise TaggerError(f"--shard {text!r} must look like K/N, e.g. 3/8") from None
-    if not 1 <= k <= n:
-        raise TaggerError(f"--shard {text!r}: K must be between 1 and N")
-    return k, n
 
 
 def _in_part(clip_id: str, part: tuple[int, int]) -> bool:
@@ -90,24 +76,6 @@ class _DecodeDataset(Dataset):
         except TaggerError as error:
             where, reason = self.clips.where(row), str(error)
             return index, None, reason if where in reason else f"{where}: {reason}"
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """Let `kill` take the same clean path as Ctrl-C (commit the finished clips, then stop)."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def extract_features(
@@ -174,7 +142,7 @@ def extract_features(
     )
     processed = failed = 0
     started = time.perf_counter()
-    with console.progress() as bar, _sigterm_as_interrupt():
+    with console.progress() as bar, sigterm_as_interrupt():
         task = bar.add_task("extracting", total=len(todo), rate="", visible=show_progress)
         try:
             for batch in loader:

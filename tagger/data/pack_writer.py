@@ -13,8 +13,7 @@ import multiprocessing
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,6 +38,7 @@ from tagger.data.pack import (
 from tagger.data.table import LabelColumn, StringColumn
 from tagger.errors import TaggerError
 from tagger.fileio import atomic_path, atomic_write_json, atomic_write_text
+from tagger.jobs import sigterm_as_interrupt
 
 MP3_LEVEL = 0.65  # libsndfile's constant-bitrate level that gives 128 kbit/s, ffmpeg's default (PaSST's AudioSet)
 _CHUNK = 8  # clips per task handed to a worker: few round trips, yet an even spread over workers
@@ -145,24 +145,6 @@ def _encode_task(item: tuple[int, str], codec: str, sample_rate: int | None) -> 
 def _ignore_interrupts() -> None:
     """Pool workers leave Ctrl-C to the main process, which stops them (no traceback per worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` takes Ctrl-C's path, so the worker processes are stopped, not left orphaned."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def clip_digest(examples: Sequence[Example]) -> str:
@@ -295,7 +277,7 @@ def pack(
     task = partial(_encode_task, codec=codec, sample_rate=sample_rate)
     pool = multiprocessing.get_context().Pool(workers, _ignore_interrupts) if workers > 0 else None
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             stream = pool.imap(task, items, chunksize=_CHUNK) if pool else map(task, items)
             _fill_shards(out, todo, stream, len(items), examples, meta, result, on_progress)
     finally:
