@@ -153,23 +153,6 @@ def stand_ins(*names: str):
             sys.modules.pop(name)
 
 
-def ba3l_stand_in() -> None:
-    """PaSST's files register sacred configs through ba3l's Ingredient at import; an inert one suffices."""
-    class Ingredient:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def add_config(self, *args, **kwargs):
-            pass
-
-        def command(self, function=None, **kwargs):
-            return function if function else (lambda f: f)
-
-    for name in ("ba3l", "ba3l.ingredients", "ba3l.ingredients.ingredient"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["ba3l.ingredients.ingredient"].Ingredient = Ingredient
-
-
 def numpy_core_alias() -> None:
     """HTS-AT imports numpy.core.fromnumeric, which NumPy 2 moved to numpy._core."""
     try:
@@ -201,7 +184,9 @@ def official_model(family: str, repo: Path, classes: int, arch: str) -> tuple:
                              fmin=0, fmax=None, fmin_aug_range=10, fmax_aug_range=2000)
         return net, mel, "logits", f"mn width {width:g} on AugmentMelSTFT(waveform), as its ex_audioset.py"
     if family == "passt":
-        ba3l_stand_in()
+        from bench_models import stub_ba3l  # PaSST files register sacred configs at import
+
+        stub_ba3l()
         from models.passt import get_model
         from models.preprocess import AugmentMelSTFT
 

@@ -223,6 +223,18 @@ def measure_open(path: str) -> dict:
             "rss_added_MB": round((rss_bytes() - before) / 1e6, 1)}
 
 
+def time_loader(loader, batches: int, started: float) -> tuple[float, float]:
+    """(seconds from process start to the first batch, clips/s over the next `batches` batches of 32)."""
+    batches = max(1, min(batches, len(loader) - 1))  # a small set has fewer batches in an epoch
+    iterator = iter(loader)
+    next(iterator)
+    first = time.time() - started
+    timed = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return first, batches * 32 / (time.perf_counter() - timed)
+
+
 def measure_loader(path: str, workers: int, batches: int, started: float, seconds: float = 1.0) -> dict:
     import torch
 
@@ -246,14 +258,7 @@ def measure_loader(path: str, workers: int, batches: int, started: float, second
         sampler = build_sampler(DataConfig(sampler="balanced"), targets, seed=0, rank=0, world_size=1)
         dataset = TrainWaves(source, targets, RATE, seconds, AugmentConfig(), seed=0)
         loader = make_loader(dataset, 32, workers, sampler=PositionedSampler(sampler), drop_last=True)
-        iterator = iter(loader)
-        next(iterator)
-        first = time.time() - started
-        timed = time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-        rate = batches * 32 / (time.perf_counter() - timed)
-        del iterator
+        first, rate = time_loader(loader, batches, started)
     return {"path": path, "clips": len(source), "workers": workers, "first_batch_s": round(first, 1),
             "clips_per_s": round(rate, 1), "peak_pss_GB": round(peak.peak / 1e9, 2)}
 
@@ -313,14 +318,7 @@ def measure_legacy(clips: int, workers: int, batches: int, work: str, started: f
         targets = labels.encode_many([e.labels for e in examples])
         sampler = WeightedSampler(balanced_weights(targets), clips, seed=0)
         loader = DataLoader(Legacy(examples, targets), batch_size=32, sampler=sampler, num_workers=workers)
-        iterator = iter(loader)
-        next(iterator)
-        first = time.time() - started
-        timed = time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-        rate = batches * 32 / (time.perf_counter() - timed)
-        del iterator
+        first, rate = time_loader(loader, batches, started)
     return {"clips": clips, "workers": workers, "first_batch_s": round(first, 1), "clips_per_s": round(rate, 1),
             "peak_pss_GB": round(peak.peak / 1e9, 2)}
 
