@@ -224,11 +224,16 @@ def measure_open(path: str) -> dict:
 
 
 def time_loader(loader, batches: int, started: float) -> tuple[float, float]:
-    """(seconds from process start to the first batch, clips/s over the next `batches` batches of 32)."""
-    batches = max(1, min(batches, len(loader) - 1))  # a small set has fewer batches in an epoch
+    """(seconds from process start to the first batch, steady clips/s over `batches` batches of 32). The batches
+    the workers prefetched while the first one was made are drawn before the clock starts, or they would count
+    as free."""
+    warmup = 2 * max(loader.num_workers, 1) * (loader.prefetch_factor or 1)
+    batches = max(1, min(batches, len(loader) - 1 - warmup))  # a small set has fewer batches in an epoch
     iterator = iter(loader)
     next(iterator)
     first = time.time() - started
+    for _ in range(min(warmup, len(loader) - 2)):
+        next(iterator)
     timed = time.perf_counter()
     for _ in range(batches):
         next(iterator)
