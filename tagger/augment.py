@@ -137,19 +137,25 @@ def mix_targets(y: Tensor, plan: MixPlan) -> Tensor:
 # ------------------------------------------------------------------------------------------ SpecAugment
 
 
-def _band_masks(batch: int, size: int, max_width: int, count: int, rng: np.random.Generator,
-                device: torch.device) -> Tensor:
-    """(batch, size) bool: the union of `count` random bands per row, torchaudio's width/start semantics."""
+def _band_masks(batch: int, size: int, max_width: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch, size) bool: the union of `count` random bands per row, torchaudio's width/start semantics. Made on
+    the host, where the random numbers are, and sent to the device once (see spec_augment)."""
     max_width = min(max_width, size)
-    positions = torch.arange(size, device=device)
-    mask = torch.zeros(batch, size, dtype=torch.bool, device=device)
+    positions = np.arange(size)
+    mask = np.zeros((batch, size), dtype=bool)
     for _ in range(count):
         width = np.floor(rng.random(batch) * max_width).astype(np.int64)
         start = np.floor(rng.random(batch) * (size - width)).astype(np.int64)
-        start_t = torch.as_tensor(start, device=device)[:, None]
-        stop_t = torch.as_tensor(start + width, device=device)[:, None]
-        mask |= (positions >= start_t) & (positions < stop_t)
+        mask |= (positions >= start[:, None]) & (positions < (start + width)[:, None])
     return mask
+
+
+def _to(mask: np.ndarray, device: torch.device) -> Tensor:
+    """A host mask on the device; on CUDA through pinned memory without blocking, so the step never waits."""
+    tensor = torch.from_numpy(mask)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def spec_augment(spec: Tensor, freqm: int, timem: int, rng: np.random.Generator, freq_masks: int = 1,
@@ -167,9 +173,7 @@ def spec_augment(spec: Tensor, freqm: int, timem: int, rng: np.random.Generator,
     use_time = timem > 0 and time_masks > 0
     if not (use_freq or use_time):
         return spec
-    mask = torch.zeros(batch, n_freq, n_time, dtype=torch.bool, device=spec.device)
-    if use_freq:
-        mask |= _band_masks(batch, n_freq, freqm, freq_masks, rng, spec.device)[:, :, None]
-    if use_time:
-        mask |= _band_masks(batch, n_time, timem, time_masks, rng, spec.device)[:, None, :]
+    bands = _band_masks(batch, n_freq, freqm, freq_masks, rng) if use_freq else np.zeros((batch, n_freq), bool)
+    frames = _band_masks(batch, n_time, timem, time_masks, rng) if use_time else np.zeros((batch, n_time), bool)
+    mask = _to(bands, spec.device)[:, :, None] | _to(frames, spec.device)[:, None, :]
     return spec.masked_fill(mask, fill)

@@ -683,9 +683,13 @@ class Trainer:
                 signal.signal(s, handler)
 
     def _should_stop(self) -> bool:
+        """Whether any rank was asked to stop. Ranks agree every run.log_every_steps steps (they are at the same
+        step, so they decide together): an all-reduce each step would make every step wait for the host."""
         if not self.ctx.distributed:
             return self.stop_requested
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0])
+        if self.state.step % self.config.run.log_every_steps and self.state.batch < self.batches_per_epoch:
+            return False  # checked every N steps and at the end of each epoch
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.ctx.device)  # NCCL: on the GPU
         torch.distributed.all_reduce(flag)
         return bool(flag.item() > 0)
 

@@ -102,12 +102,13 @@ def test_training_loss_combines_label_and_kd():
     label = label_loss(logits, targets, "bce")
     alone, parts = training_loss(logits, targets, "bce")
     torch.testing.assert_close(alone, label)
-    assert parts == {"label_loss": pytest.approx(label.item())}
+    assert list(parts) == ["label_loss"] and parts["label_loss"].item() == pytest.approx(label.item())
     soft = torch.sigmoid(teacher)
     kd = distillation_loss(logits, soft, torch.ones(5, dtype=torch.bool))
     total, parts = training_loss(logits, targets, "bce", teacher=soft, kd_lambda=0.1)
     torch.testing.assert_close(total, 0.1 * label + 0.9 * kd)
-    assert parts["label_loss"] == pytest.approx(label.item()) and parts["kd_loss"] == pytest.approx(kd.item())
+    assert parts["label_loss"].item() == pytest.approx(label.item())
+    assert parts["kd_loss"].item() == pytest.approx(kd.item())
     only_label, _ = training_loss(logits, targets, "bce", teacher=soft, kd_lambda=1.0)
     torch.testing.assert_close(only_label, label)
 
