@@ -189,7 +189,7 @@ def _label_lists(target: h5py.Dataset, packed: bool) -> tuple[np.ndarray, np.nda
     """CSR (indptr, column indices) from (N, C) multi-hot or (N, ceil(C/8)) packbits targets, chunk by chunk.
 
     Works on packed bytes even for multi-hot files: finding the few set bits among the mostly-zero bytes is
-    3x faster than np.nonzero over the unpacked (N, 527) block (LabelColumn.from_multi_hot's way), which
+    3x faster than np.nonzero over the unpacked (N, 527) block, which
     matters for 2 M rows."""
     indptr = np.zeros(len(target) + 1, dtype=np.int64)
     parts = []

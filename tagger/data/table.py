@@ -74,20 +74,6 @@ class LabelColumn:
             indptr.append(len(indices))
         return cls(np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int32), list(position))
 
-    @classmethod
-    def from_multi_hot(cls, rows: np.ndarray, vocabulary: Sequence[str], chunk: int = 65536) -> LabelColumn:
-        """From an (N, C) boolean/float target matrix (the AudioSet HDF5 files), read in chunks."""
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        parts = []
-        for start in range(0, len(rows), chunk):
-            block = np.asarray(rows[start:start + chunk]) > 0
-            r, c = np.nonzero(block)
-            parts.append(c.astype(np.int32))
-            indptr[start + 1:start + 1 + len(block)] = np.bincount(r, minlength=len(block))
-        np.cumsum(indptr, out=indptr)
-        indices = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-        return cls(indptr, indices, vocabulary)
-
     def __len__(self) -> int:
         return len(self.indptr) - 1
 
@@ -95,6 +81,7 @@ class LabelColumn:
         return tuple(self.vocabulary[i] for i in self.indices[self.indptr[index]:self.indptr[index + 1]])
 
     def tolists(self) -> list[tuple[str, ...]]:
+        """Every clip's labels (for small sets and tests)."""
         return [self.row(i) for i in range(len(self))]
 
     def take(self, rows: np.ndarray) -> LabelColumn:
