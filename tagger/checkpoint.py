@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,16 @@ def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
     if not path.is_file():
         raise TaggerError(f"{path}: checkpoint not found; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch warns before failing on some files: the user sees one line, ours
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types here; all mean "this file is not for us"
         text = str(error)
+        if _is_torchscript(path):
+            raise TaggerError(
+                f"{path}: a TorchScript file (as `tagger export --format torchscript` writes), not a tagger "
+                "checkpoint; run it with torch.jit.load, or give the checkpoint it was exported from"
+            ) from None
         if "Unsupported global" in text or "not an allowed global" in text:
             raise TaggerError(
                 f"{path}: refused: the file needs Python code to load (a pickled object, not plain tensors); "
@@ -37,6 +45,17 @@ def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
         raise TaggerError(
             f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind of file)"
         ) from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip archive with TorchScript code inside (torch.jit.save's layout)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def save_checkpoint(
@@ -102,6 +121,12 @@ def model_from_payload(payload, source: str):
     """(model in eval mode, meta without the state_dict) from a loaded tagger checkpoint payload."""
     from tagger.models import create_model
 
+    if isinstance(payload, dict) and payload.get("format") == "tagger-resume":
+        run = Path(source).parent
+        raise TaggerError(
+            f"{source}: tagger's training state (a run's resume file), not a model; continue the run with "
+            f"`tagger train --resume {run}`, or use its best.pt, last.pt or epoch_*.pt"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TaggerError(
             f"{source}: not a tagger checkpoint; convert official weights with `tagger import-checkpoint`"
