@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,20 +138,6 @@ def ours_child(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------ official steps
 
 
-@contextlib.contextmanager
-def stand_ins(*names: str):
-    """Empty modules, while official files are imported, for what they import but the timed code never calls."""
-    import importlib.util
-
-    missing = [n for n in names if n not in sys.modules and importlib.util.find_spec(n) is None]
-    sys.modules.update({n: types.ModuleType(n) for n in missing})
-    try:
-        yield
-    finally:
-        for name in missing:
-            sys.modules.pop(name)
-
-
 def numpy_core_alias() -> None:
     """HTS-AT imports numpy.core.fromnumeric, which NumPy 2 moved to numpy._core."""
     try:
@@ -165,6 +150,8 @@ def numpy_core_alias() -> None:
 
 def official_model(family: str, repo: Path, classes: int, arch: str) -> tuple:
     """(net taking the input on the device -> output, front-end or None, output kind "logits"/"probs", note)."""
+    from bench_train_step import stubbed  # empty stand-ins for imports the timed code never calls
+
     sys.path.insert(0, str(repo))
     if family == "panns":
         sys.path.insert(0, str(repo / "pytorch"))
@@ -198,7 +185,7 @@ def official_model(family: str, repo: Path, classes: int, arch: str) -> tuple:
         return net, mel, "logits", "PaSST-S (patchout t40 f4) on AugmentMelSTFT(waveform), as its ex_audioset.py"
     if family == "htsat":
         numpy_core_alias()
-        with stand_ins("museval"):  # utils.py imports it for functions the model does not use
+        with stubbed("museval"):  # utils.py imports it for functions the model does not use
             import config
             from model.htsat import HTSAT_Swin_Transformer
         net = HTSAT_Swin_Transformer(
@@ -222,7 +209,7 @@ def official_model(family: str, repo: Path, classes: int, arch: str) -> tuple:
             raise RuntimeError(f"the official AST needs timm 0.4.5, found {timm.__version__}; put its wheel in "
                                ".whl/ast/")
         sys.path.insert(0, str(repo / "src"))
-        with stand_ins("wget"):  # imported for pretrained downloads, which are off
+        with stubbed("wget"):  # imported for pretrained downloads, which are off
             from models.ast_models import ASTModel
         with contextlib.redirect_stdout(sys.stderr):
             net = ASTModel(label_dim=classes, fstride=10, tstride=10, input_fdim=128, input_tdim=1024,

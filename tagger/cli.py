@@ -536,7 +536,6 @@ def evaluate_command(
 ) -> None:
     """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class."""
     _check_format(fmt)
-    import time
 
     from tagger import console
 
@@ -555,14 +554,7 @@ def evaluate_command(
             console.log(f"note: {path}: {text}")
         notes.append(text)
 
-    started = time.perf_counter()
-    with console.progress() as bar:
-        task = bar.add_task("evaluating", total=None, rate="")
-
-        def progress(done: int, total: int) -> None:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} files/s")
-
+    with console.counting("evaluating", "files") as progress:
         result = evaluate(
             tagger, manifest, labels=labels, manifest_format=manifest_format, folds=fold_list, split=split,
             audio_dir=audio_dir, clip_seconds=clip_seconds, batch_size=batch_size, on_error=on_error,
@@ -653,7 +645,6 @@ def enhance_labels_command(
 ) -> None:
     """PSLA label enhancement: a teacher and an ontology add missing child (Type I) and parent (Type II) labels."""
     _check_format(fmt)
-    import time
 
     from tagger import console, enhance_run
     from tagger.data.clips import open_clips
@@ -687,15 +678,8 @@ def enhance_labels_command(
     hierarchy = Ontology.load(ontology)
     mapping = LabelSet.from_csv(labels) if labels is not None else None
 
-    started = time.perf_counter()
     try:
-        with console.progress() as bar:
-            task = bar.add_task("teacher", total=None, rate="")
-
-            def progress(done: int, total: int) -> None:
-                rate = done / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=done, total=total, rate=f"{rate:.1f} files/s")
-
+        with console.counting("teacher", "files") as progress:
             scores = enhance_run.teacher_scores(
                 teacher, clips, mapping=mapping, cache=paths["cache"], clip_seconds=clip_seconds,
                 batch_size=batch_size, device=device, precision=precision, on_progress=progress,

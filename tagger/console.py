@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -33,6 +35,20 @@ def progress(rate_unit: str = "clips") -> Progress:
     """A progress bar on stderr showing a rate; silent when stderr is not a terminal (logs, CI)."""
     return _bar(MofNCompleteColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                 TimeRemainingColumn())
+
+
+@contextmanager
+def counting(description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for jobs that report (done, total); the callback it yields also shows units/s so far."""
+    started = time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task(description, total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} {unit}/s")
+
+        yield update
 
 
 def download_progress() -> Progress:

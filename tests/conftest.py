@@ -94,3 +94,20 @@ def lively(model, seed: int = 0):
         model.train()
         model(parity_waveform(model.sample_rate, model.sample_rate, batch=4, seed=seed))
     return model.eval()
+
+
+def spread_model(arch: str, num_classes: int, seed: int, **kwargs):
+    """A random model whose classifier is spread out, so clips get distinct scores (an untrained EfficientAT's
+    logits are otherwise ~1e-6 apart)."""
+    import torch
+
+    from tagger.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=num_classes, **kwargs)
+    if arch.startswith("efficientat"):
+        with torch.no_grad():
+            for parameter in model.classifier.parameters():
+                if parameter.ndim == 2:
+                    parameter.normal_(0, 50.0)
+    return model

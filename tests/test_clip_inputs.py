@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tone, write_wav
+from conftest import spread_model, tone, write_wav
 from typer.testing import CliRunner
 
 from tagger import audio
@@ -28,7 +28,6 @@ from tagger.errors import TaggerError
 from tagger.evaluate import load_predictions
 from tagger.fileio import atomic_write_csv
 from tagger.labels import LabelSet
-from tagger.models import create_model
 from tagger.predict import PredictOptions, predict_clips, predict_files
 from tagger.runtime import Tagger
 from tagger.synth import synthesize
@@ -88,13 +87,7 @@ def registered(monkeypatch):
 
 def _save(path: Path, arch: str, labels: LabelSet, seed: int, task: str = "multilabel", **kwargs) -> Path:
     """A random model with a spread-out classifier, so clips get distinct scores."""
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=len(labels), **kwargs)
-    if arch.startswith("efficientat"):
-        with torch.no_grad():
-            for parameter in model.classifier.parameters():
-                if parameter.ndim == 2:
-                    parameter.normal_(0, 50.0)
+    model = spread_model(arch, len(labels), seed, **kwargs)
     return save_checkpoint(path, model, labels, task=task, train={"epoch": float(seed), "step": seed})
 
 

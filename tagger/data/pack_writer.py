@@ -12,7 +12,6 @@ import io
 import multiprocessing
 import re
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -299,12 +298,5 @@ def pack(
 
 def pack_with_progress(examples: Sequence[Example], out: str | Path, **options) -> PackResult:
     """`pack` under a rich progress bar showing clips/s."""
-    started = time.perf_counter()
-    with console.progress() as bar:
-        task = bar.add_task("packing", total=None, rate="")
-
-        def progress(done: int, total: int) -> None:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done, total=total, rate=f"{rate:.1f} clips/s")
-
+    with console.counting("packing", "clips") as progress:
         return pack(examples, out, on_progress=progress, **options)

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import spread_model
 from typer.testing import CliRunner
 
 from tagger.checkpoint import read_torch_file, save_checkpoint
 from tagger.cli import app
 from tagger.evaluate import load_predictions
 from tagger.labels import LabelSet
-from tagger.models import create_model
 
 runner = CliRunner()
 
@@ -26,13 +26,7 @@ def _tagger(*args):
 
 def _save(path: Path, arch: str, labels: LabelSet, seed: int, epoch: int | None = None, **kwargs) -> Path:
     """A random model whose classifier is spread out (an untrained CNN's logits are otherwise ~1e-6)."""
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=len(labels), **kwargs)
-    if arch.startswith("efficientat"):
-        with torch.no_grad():
-            for parameter in model.classifier.parameters():
-                if parameter.ndim == 2:
-                    parameter.normal_(0, 50.0)
+    model = spread_model(arch, len(labels), seed, **kwargs)
     train = {} if epoch is None else {"epoch": float(epoch), "step": epoch * 10}
     return save_checkpoint(path, model, labels, train=train)
 
