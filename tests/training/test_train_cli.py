@@ -104,7 +104,7 @@ def test_ctrl_c_saves_and_exits_130(synth_set, tmp_path):
 
 
 def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(synth_set, tmp_path):
-    extra = ("run.epochs=3", "run.save_every_steps=1", "augment.spec_mixup=perm", "augment.wave_mixup=0.5",
+    extra = ("run.epochs=5", "run.save_every_steps=1", "augment.spec_mixup=perm", "augment.wave_mixup=0.5",
              "augment.freqm=8", "schedule.kind=cosine")
     # The reference runs in the same kind of process (same thread count), so the numbers agree to the last bit.
     subprocess.run([sys.executable, "-m", "tagger", *_args(synth_set, tmp_path / "whole", *extra)], check=True,
@@ -118,7 +118,8 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(synth_set,
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     state = read_torch_file(out / "resume.pt")["state"]
-    assert 5 <= seen <= state["step"] < 12, "the kill did not land mid-run"
+    # 20 steps in all: the kill lands well before the end even when steps are fast (at 12 it once came too late)
+    assert 5 <= seen <= state["step"] < 20, "the kill did not land mid-run"
 
     subprocess.run([sys.executable, "-m", "tagger", "train", "--resume", str(out)], check=True, capture_output=True,
                    env=_env())
