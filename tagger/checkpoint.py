@@ -1,61 +1,50 @@
-"""Self-describing tagger checkpoints: the only module that calls torch.load, always with weights_only=True."""
+"""Self-describing tagger checkpoints: save one model with everything needed to use it, load any model file.
+
+Files are read through `torchfile` (torch.load with weights_only=True only). Other kinds of model file (an
+ensemble) register a builder for their "format" here, so this module loads them without importing their code.
+"""
 
 from __future__ import annotations
 
-import warnings
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from tagger.errors import TaggerError
 from tagger.fileio import atomic_path
 from tagger.labels import LabelSet
+from tagger.torchfile import load_state, read_torch_file
 
 FORMAT = "tagger-checkpoint"
 VERSION = 1
 TASKS = ("multilabel", "multiclass")
 
 
-def read_torch_file(path: str | Path, mmap: bool = False) -> Any:
-    """torch.load with weights_only=True: a file that needs code to unpickle is refused, never run.
+@dataclass(frozen=True)
+class Kind:
+    """Another kind of model file: how to build it, and what to say where one single model is needed."""
 
-    mmap: map the tensors from the file instead of reading them (many large checkpoints at once, as ensembles
-    load them); pages are read when a tensor is used.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TaggerError(f"{path}: checkpoint not found; check the path")
-    try:
-        with warnings.catch_warnings():  # torch warns before failing on some files: the user sees one line, ours
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as error:  # torch raises many types here; all mean "this file is not for us"
-        text = str(error)
-        if _is_torchscript(path):
-            raise TaggerError(
-                f"{path}: a TorchScript file (as `tagger export --format torchscript` writes), not a tagger "
-                "checkpoint; run it with torch.jit.load, or give the checkpoint it was exported from"
-            ) from None
-        if "Unsupported global" in text or "not an allowed global" in text:
-            raise TaggerError(
-                f"{path}: refused: the file needs Python code to load (a pickled object, not plain tensors); "
-                "re-save it as a state_dict with torch.save(model.state_dict(), ...)"
-            ) from None
-        raise TaggerError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or another kind of file)"
-        ) from None
+    build: Callable[[dict, str], tuple]  # (payload, source) -> (model in eval mode, meta)
+    not_single: str  # completes "{path}: ..." when load_checkpoint is given this kind
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A zip archive with TorchScript code inside (torch.jit.save's layout)."""
-    import zipfile
+# Modules that register a kind, imported the first time a file of that kind is read (as model families are).
+_KIND_MODULES = {"tagger-ensemble": "tagger.ensemble.store"}
+_KINDS: dict[str, Kind] = {}
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+
+def register_kind(format_name: str, kind: Kind) -> None:
+    _KINDS[format_name] = kind
+
+
+def _kind_of(payload) -> Kind | None:
+    name = payload.get("format") if isinstance(payload, dict) else None
+    if name in _KIND_MODULES and name not in _KINDS:
+        importlib.import_module(_KIND_MODULES[name])
+    return _KINDS.get(name)
 
 
 def save_checkpoint(
@@ -97,23 +86,20 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path):
-    """(model in eval mode, payload without the state_dict) from a tagger checkpoint."""
+    """(model in eval mode, payload without the state_dict) from a tagger checkpoint of one model."""
     payload = read_torch_file(path)
-    from tagger.ensemble.store import is_ensemble
-
-    if is_ensemble(payload):
-        raise TaggerError(f"{path}: an ensemble checkpoint cannot be used here; give one of its members, or a "
-                          "weight-averaged checkpoint (tagger ensemble --mode weights)")
+    kind = _kind_of(payload)
+    if kind is not None:
+        raise TaggerError(f"{path}: {kind.not_single}")
     return model_from_payload(payload, str(path))
 
 
 def load_model(path: str | Path):
-    """(model, meta) from a tagger checkpoint or an ensemble checkpoint (an EnsembleModel): for scoring audio."""
-    from tagger.ensemble.store import build_ensemble, is_ensemble
-
+    """(model, meta) from any model file: a tagger checkpoint, or a registered kind such as an ensemble."""
     payload = read_torch_file(path)
-    if is_ensemble(payload):
-        return build_ensemble(payload, str(path))
+    kind = _kind_of(payload)
+    if kind is not None:
+        return kind.build(payload, str(path))
     return model_from_payload(payload, str(path))
 
 
@@ -140,21 +126,3 @@ def model_from_payload(payload, source: str):
     return model.eval(), meta
 
 
-def load_state(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Strict load with a one-line message naming the first missing, unexpected or mismatched key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        raise TaggerError(f"{source}: keys do not match the model: {'; '.join(parts)}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise TaggerError(
-                f"{source}: shape mismatch at {key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}"
-            )
-    model.load_state_dict(state, strict=True)

@@ -303,7 +303,7 @@ def _samples_for(frontend: _GraphFrontend, frames: int) -> int:
 
 
 def _plan(model: nn.Module, frontend: _GraphFrontend, seconds: float | None) -> _Plan:
-    from tagger.runtime import input_policy
+    from tagger.models.policy import input_policy
 
     rate = model.sample_rate
     fixed = frontend.fixed_frames()
@@ -972,9 +972,9 @@ def load_safetensors(path: str | Path):
 
     meta holds arch, model_kwargs, task, sample_rate, frontend, normalization and labels (a LabelSet).
     """
-    from tagger.checkpoint import load_state
     from tagger.labels import LabelSet
     from tagger.models import create_model
+    from tagger.torchfile import load_state
 
     safetensors = _require("safetensors", "safetensors")
     from safetensors.torch import load_file

@@ -71,7 +71,7 @@ class EnsembleModel(nn.Module):
 
     def input_policy(self, rate: int | None = None):
         """The lengths every member accepts, in samples at `rate` (default: the primary rate)."""
-        from tagger.runtime import InputPolicy, input_policy
+        from tagger.models.policy import InputPolicy, input_policy
 
         rate = rate or self.sample_rate
         shortest, longest, windows = [], [], []
@@ -125,7 +125,7 @@ def _frame_grid(members: Sequence[nn.Module]) -> tuple[bool, float]:
     """(frame_level, frame_seconds): frame outputs only when every member has them on the same time grid (else
     events come from windows)."""
     from tagger.models import model_entry
-    from tagger.runtime import frame_seconds
+    from tagger.models.policy import frame_seconds
 
     steps = {round(frame_seconds(m), 9) for m in members} if all(
         model_entry(m.arch).frame_level for m in members) else set()

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from tagger.checkpoint import Kind, model_from_payload, register_kind
 from tagger.errors import TaggerError
 from tagger.fileio import atomic_path
 from tagger.labels import LabelSet
@@ -49,7 +50,6 @@ def is_ensemble(payload: Any) -> bool:
 
 def build_ensemble(payload: dict, source: str):
     """(EnsembleModel in eval mode, meta) from an ensemble payload; meta["labels"] is a LabelSet."""
-    from tagger.checkpoint import model_from_payload
     from tagger.ensemble.model import EnsembleModel
 
     if payload.get("version") != VERSION:
@@ -88,3 +88,7 @@ def column_map(member: LabelSet, labels: LabelSet, task: str, member_task: str, 
                           f"not {len(member)}")
     position = {label: k for k, label in enumerate(member.ids)}
     return [position[label] for label in labels.ids]
+
+
+register_kind(FORMAT, Kind(build_ensemble, "an ensemble checkpoint cannot be used here; give one of its members, or "
+                                           "a weight-averaged checkpoint (tagger ensemble --mode weights)"))

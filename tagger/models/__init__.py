@@ -128,7 +128,7 @@ def create_model(name: str, num_classes: int = 527, init: str | None = None, **k
 
 
 def _initialise(model: TaggerModel, init: str) -> list[str]:
-    from tagger.checkpoint import read_torch_file
+    from tagger.torchfile import read_torch_file
 
     kind, _, path = init.partition(":")
     if kind != "imagenet" or not path:
@@ -159,7 +159,7 @@ class ImportedWeights:
 
     def build_model(self, source: str) -> TaggerModel:
         """The model these weights describe, loaded strictly (a mismatch names `source` and the first bad key)."""
-        from tagger.checkpoint import load_state
+        from tagger.torchfile import load_state
 
         model = create_model(self.arch, **self.model_kwargs)
         load_state(model, self.state_dict, source=source)

@@ -110,3 +110,9 @@ class TaggerModel(nn.Module):
     def forward_features(self, spec: Tensor) -> TaggerOutput:
         """From front-end features (B, F, T) as the front-end (or a feature store) gives them."""
         raise NotImplementedError
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Sigmoid for multi-label checkpoints, softmax over classes for single-label ones (float32)."""
+    logits = logits.float()
+    return torch.softmax(logits, dim=-1) if task == "multiclass" else torch.sigmoid(logits)

@@ -31,7 +31,7 @@ from tagger.fileio import atomic_path, atomic_write_json, atomic_write_text
 from tagger.frontends import KaldiFbank
 from tagger.labels import LabelSet
 from tagger.metrics import summarize
-from tagger.runtime import probabilities
+from tagger.models.base import probabilities
 from tagger.training import distributed
 from tagger.training.config import TrainConfig, config_from_dict, read_recipe, to_toml
 from tagger.training.data import (
