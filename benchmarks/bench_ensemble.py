@@ -34,10 +34,10 @@ LATE_FROM = 8
 
 def train(out: Path) -> list[dict]:
     """The three runs (resumed if a previous call was interrupted)."""
-    from tagger.importing import import_checkpoint
     from tagger.labels import LabelSet
     from tagger.training import trainer
     from tagger.training.config import build_config
+    from tagger.weights.importing import import_checkpoint
 
     recipe, arch, _, overrides = RUNS["finetune"]
     imported = out / "mn04_as.pt"
@@ -99,8 +99,8 @@ def ensembles(out: Path) -> dict:
 
 def inference_cost(out: Path, results: list[dict], repeats: int = 2) -> list[dict]:
     """evaluate() over fold 4 for one model, a weight average and the prediction ensembles; best of `repeats`."""
-    from tagger.evaluate import evaluate
-    from tagger.runtime import Tagger
+    from tagger.evaluation.evaluate import evaluate
+    from tagger.inference.runtime import Scorer
 
     rows = []
     for result in results:
@@ -108,7 +108,7 @@ def inference_cost(out: Path, results: list[dict], repeats: int = 2) -> list[dic
             continue
         seconds = []
         for _ in range(repeats):
-            tagger = Tagger.load(result["file"], device="cpu")
+            tagger = Scorer.load(result["file"], device="cpu")
             started = time.perf_counter()
             scored = evaluate(tagger, ESC50, folds=[4], batch_size=8)
             seconds.append(time.perf_counter() - started)

@@ -39,10 +39,10 @@ RUNS = {
 
 
 def run(name: str, out: Path) -> dict:
-    from tagger.importing import import_checkpoint
     from tagger.labels import LabelSet
     from tagger.training import trainer
     from tagger.training.config import build_config
+    from tagger.weights.importing import import_checkpoint
 
     recipe, arch, init, overrides = RUNS[name]
     if init == "checkpoint":

@@ -20,9 +20,9 @@ Timing: `--warmup` steps, then `--steps` steps between CUDA events (torch.cuda.s
 clips/s = batch / seconds per step; ratio = tagger clips/s / official clips/s (goal >= 1.2). Peak memory is
 torch.cuda.max_memory_allocated of the process (max RSS on the CPU).
 
-End to end: a synthetic set (tagger.synth, `--e2e-clips` clips (256) of `--seconds` s at 32 kHz in a temporary folder),
-then the real `python -m tagger train` (bf16, the same batch, `--workers` DataLoader workers, AdamW, an epoch of
---e2e-steps steps drawn with replacement, two epochs); its steady-state clips/s is metrics.csv's clips_per_s of
+End to end: a synthetic set (tagger.data.synth, `--e2e-clips` clips (256) of `--seconds` s at 32 kHz in a temporary
+folder), then the real `python -m tagger train` (bf16, the same batch, `--workers` DataLoader workers, AdamW, an
+epoch of --e2e-steps steps drawn with replacement, two epochs); its steady-state clips/s is metrics.csv's clips_per_s of
 the second epoch (the first pays for the workers' start). e2e/step = that / the step-only clips/s of the same model
 (goal >= 0.9).
 
@@ -300,7 +300,7 @@ def child(kind: str, args: argparse.Namespace, **extra) -> dict:
 
 def end_to_end(args: argparse.Namespace, arch: str, folder: Path) -> dict:
     """`tagger train` on a synthetic set; steady state = the second epoch's clips_per_s in metrics.csv."""
-    from tagger.synth import synthesize
+    from tagger.data.synth import synthesize
 
     begin = time.perf_counter()
     valid_fraction = max(args.batch, 8) / args.e2e_clips
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bench_gpu: --official-root {args.official_root} is not a folder; run benchmarks/prepare_official.sh")
         return 2
 
-    from tagger.synth import synthesize
+    from tagger.data.synth import synthesize
 
     results: dict = {"device": torch.cuda.get_device_name() if not small else "cpu (smoke)",
                      "torch": torch.__version__, "batch": args.batch, "seconds": args.seconds, "steps": args.steps,

@@ -4,7 +4,7 @@ Each table has a reference timed in the same run on the same machine:
 - cold start: `tagger predict clip.wav --model mn04.pt` from process start to output, against a bare
   `python -c "import torch"` (the floor any PyTorch CLI pays) and, with --efficientat, the official
   EfficientAT `inference.py` on the same clip and weights.
-- throughput: clips/s through `Tagger` (the path predict and evaluate use: front-end, fast CNN path, sigmoid)
+- throughput: clips/s through `Scorer` (the path predict and evaluate use: front-end, fast CNN path, sigmoid)
   against the plain eager model call, at fp32 and bf16 (autocast), full-size models with random weights.
 - real-time factor: `predict_files` streaming a synthetic 1-hour WAV in 10 s windows with a 5 s hop, against
   the official EfficientAT windowed inference (whole file through librosa, one window per forward) with
@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tagger.inference.runtime import Scorer  # noqa: E402
 from tagger.models import create_model  # noqa: E402
-from tagger.runtime import Tagger  # noqa: E402
 
 FAMILIES = ["efficientat-mn04", "efficientat-mn10", "panns-cnn14", "panns-cnn14-decisionlevel-max",
             "psla-effnet-b2-att4", "htsat-tiny", "ast-base384", "passt-s-p16-s10"]
@@ -76,7 +76,7 @@ def throughput(families: list[str], batch: int, seconds: float, repeats: int) ->
         wave = np.random.default_rng(0).standard_normal((batch, int(seconds * model.sample_rate)),
                                                        dtype=np.float32) * 0.1
         for precision in ("fp32", "bf16"):
-            tagger = Tagger(model, _labels(527), "multilabel", device="cpu", precision=precision)
+            tagger = Scorer(model, _labels(527), "multilabel", device="cpu", precision=precision)
             tensor = torch.from_numpy(wave)
 
             def eager(model=model, tensor=tensor, precision=precision):
@@ -97,9 +97,9 @@ def throughput(families: list[str], batch: int, seconds: float, repeats: int) ->
 
 def real_time_factor(model_path: Path | None, hours: float, batch: int, efficientat: Path | None) -> list[dict]:
     from tagger import audio
-    from tagger.predict import PredictOptions, predict_files
+    from tagger.inference.predict import PredictOptions, predict_files
 
-    tagger = Tagger.load(model_path, device="cpu") if model_path else Tagger(
+    tagger = Scorer.load(model_path, device="cpu") if model_path else Scorer(
         create_model("efficientat-mn04", num_classes=527).eval(), _labels(527), "multilabel", device="cpu")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "hour.wav"
@@ -150,7 +150,7 @@ def _official_windowed(repo: Path, path: Path) -> float:
         os.chdir(cwd)
 
 
-def _naive_windowed(tagger: Tagger, path: Path) -> float:
+def _naive_windowed(tagger: Scorer, path: Path) -> float:
     from tagger import audio
 
     model = tagger.model
@@ -178,7 +178,7 @@ def _write_long(path: Path, seconds: float, rate: int) -> None:
 
 
 def _labels(count: int):
-    from tagger.importing import numbered_labels
+    from tagger.weights.importing import numbered_labels
 
     return numbered_labels(count)
 

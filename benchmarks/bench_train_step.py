@@ -431,8 +431,8 @@ def overlapped_seconds(dataset, batch: int, sampler, step, steps: int) -> float:
 
 def pipeline_child(config: str, args: argparse.Namespace) -> dict:
     """Loader and step seconds per batch for one config; its features are extracted with its front-end on first use."""
+    from tagger.data.extract import extract_features
     from tagger.data.manifests import read_manifest
-    from tagger.extract import extract_features
     from tagger.frontends import frontend_to_dict
     from tagger.labels import LabelSet
     from tagger.training.data import (
@@ -563,7 +563,7 @@ def official_table(configs: list[str], args: argparse.Namespace) -> None:
 
 
 def pipeline_table(configs: list[str], args: argparse.Namespace) -> None:
-    from tagger.synth import synthesize
+    from tagger.data.synth import synthesize
 
     with tempfile.TemporaryDirectory() as folder:
         synthesize(folder, clips=args.data_clips, seconds=args.data_seconds, sample_rate=32000, valid_fraction=0.01)

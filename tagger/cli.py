@@ -89,7 +89,7 @@ LongInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips over 10.
 
 
 def _inputs(short_input: str | None, long_input: str | None = None) -> dict[str, str | None]:
-    """Per-call clip-length settings for Tagger / export (None keeps the checkpoint's)."""
+    """Per-call clip-length settings for Scorer / export (None keeps the checkpoint's)."""
     return {"short_input": short_input, "long_input": long_input}
 
 
@@ -131,8 +131,8 @@ def synthesize_command(
     _check_format(fmt)
     from tagger import console
     from tagger.data.manifests import read_manifest
+    from tagger.data.synth import synthesize
     from tagger.labels import LabelSet
-    from tagger.synth import synthesize
 
     paths = synthesize(
         out_dir, clips, seconds, sample_rate, valid_fraction, seed, hierarchy=hierarchy, missing_labels=missing_labels
@@ -184,7 +184,7 @@ def extract_features_command(
     _check_format(fmt)
     from tagger import console
     from tagger.data.clips import open_clips
-    from tagger.extract import extract_features, parse_part
+    from tagger.data.extract import extract_features, parse_part
     from tagger.labels import LabelSet
 
     part = parse_part(shard)
@@ -294,7 +294,7 @@ def models_command(
     The `default` column marks each family's main AudioSet model: `--arch FAMILY` (e.g. `--arch ast`) means it."""
     _check_format(fmt)
     from tagger import console
-    from tagger.catalog import catalog
+    from tagger.models.catalog import catalog
 
     rows = catalog(family)
     if not rows:
@@ -327,14 +327,14 @@ def pull_command(
     if list_releases:
         if name is not None or source is not None or default:
             raise TaggerError("--list takes no NAME, --from or --default; run it on its own")
-        from tagger.pull import list_releases as rows
+        from tagger.weights.pull import list_releases as rows
 
         console.render(rows(), fmt, title="releases (tagger pull NAME)")
         return
     if name is None:
         raise TaggerError("name a release to pull, e.g. `tagger pull efficientat-mn10`; `tagger pull --list` shows "
                           "them all")
-    from tagger.pull import pull
+    from tagger.weights.pull import pull
 
     with console.download_progress() as bar:
         task = None
@@ -372,8 +372,8 @@ def import_checkpoint_command(
     """Convert an official checkpoint (AudioSet-trained weights etc.) into a self-describing tagger checkpoint."""
     _check_format(fmt)
     from tagger import console
-    from tagger.importing import import_checkpoint
     from tagger.labels import LabelSet
+    from tagger.weights.importing import import_checkpoint
 
     label_set = LabelSet.from_csv(labels) if labels is not None else None
     result = import_checkpoint(family, path, out, arch=arch, labels=label_set, task=task, force=force)
@@ -483,7 +483,7 @@ def predict_command(
 ) -> None:
     """Tag audio files, folders and long recordings; events with --events, windows with --window."""
     from tagger import console
-    from tagger.predict_report import PredictSink, Selection, run_predict
+    from tagger.inference.report import PredictSink, Selection, run_predict
 
     if top_k < 0:
         raise TaggerError(f"--top-k must be 0 (all) or more, got {top_k}")
@@ -542,10 +542,10 @@ def evaluate_command(
     fold_list = _parse_folds(folds)
     if on_error not in ("fail", "skip"):
         raise TaggerError(f"--on-error {on_error!r} is not one of fail, skip")
-    from tagger.evaluate import evaluate
-    from tagger.runtime import Tagger
+    from tagger.evaluation.evaluate import evaluate
+    from tagger.inference.runtime import Scorer
 
-    tagger = Tagger.load(model, device=device, precision=precision,
+    tagger = Scorer.load(model, device=device, precision=precision,
                          input_settings=_inputs(short_input, long_input))
     notes: list[str] = []
 
@@ -646,10 +646,11 @@ def enhance_labels_command(
     """PSLA label enhancement: a teacher and an ontology add missing child (Type I) and parent (Type II) labels."""
     _check_format(fmt)
 
-    from tagger import console, enhance_run
+    from tagger import console
     from tagger.data.clips import open_clips
-    from tagger.enhance import parse_fixes, parse_threshold
-    from tagger.enhance_report import build_report, render, write_csv, write_markdown
+    from tagger.enhance import run as enhance_run
+    from tagger.enhance.report import build_report, render, write_csv, write_markdown
+    from tagger.enhance.rules import parse_fixes, parse_threshold
     from tagger.labels import LabelSet, Ontology
 
     if fallback_threshold is not None and not 0 <= fallback_threshold <= 1:

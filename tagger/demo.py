@@ -216,7 +216,7 @@ def weight_averaging_verdict(best: Path, averaged: Path, run_dir: Path, first_ep
     """WA minus best.pt in test mAP, with a paired bootstrap SE over clips, and why when there is no clear gain."""
     import numpy as np
 
-    from tagger.metrics import average_precision, nanmean
+    from tagger.evaluation.metrics import average_precision, nanmean
 
     targets, best_scores = _predictions(best)
     _, wa_scores = _predictions(averaged)
@@ -284,7 +284,7 @@ def enhance_labels_demo(folder: Path) -> tuple[str, str]:
 
 def summary(test: Path, reports: Path, models: dict[str, str], lines: list[str]) -> None:
     """The final figures, all computed from the test-set predictions saved above, with chance beside them."""
-    from tagger.metrics import average_precision, nanmean, roc_auc
+    from tagger.evaluation.metrics import average_precision, nanmean, roc_auc
 
     targets, _ = _predictions(reports / next(iter(models.values())))
     print(f"\nFinal figures on the held-out test set ({test}: {len(targets)} clips never trained on or used to choose "
@@ -305,7 +305,7 @@ def chance_map(targets) -> float:
     """The mAP of random scores on these labels, averaged over 200 draws."""
     import numpy as np
 
-    from tagger.metrics import average_precision, nanmean
+    from tagger.evaluation.metrics import average_precision, nanmean
 
     rng = np.random.default_rng(0)
     return float(np.mean([nanmean(average_precision(targets, rng.random(targets.shape))) for _ in range(200)]))

@@ -71,7 +71,7 @@ def parity_fixture(name: str) -> dict:
 @pytest.fixture(scope="session")
 def synth_set(tmp_path_factory) -> dict[str, Path]:
     """24 one-second 32 kHz clips (18 train, 6 valid) with 1-3 labels each, written once per session."""
-    from tagger.synth import synthesize
+    from tagger.data.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth"), clips=24, seconds=1.0, sample_rate=32000, seed=3)
 

@@ -24,13 +24,13 @@ from tagger.data import clips as clips_module
 from tagger.data.clips import Clips, open_clips, register_format
 from tagger.data.manifests import read_manifest
 from tagger.data.store import FeatureStore, scan_store
+from tagger.data.synth import synthesize
 from tagger.errors import TaggerError
-from tagger.evaluate import load_predictions
+from tagger.evaluation.evaluate import load_predictions
 from tagger.fileio import atomic_write_csv
+from tagger.inference.predict import PredictOptions, predict_clips, predict_files
+from tagger.inference.runtime import Scorer
 from tagger.labels import LabelSet
-from tagger.predict import PredictOptions, predict_clips, predict_files
-from tagger.runtime import Tagger
-from tagger.synth import synthesize
 
 MARKER = "test-clips.json"
 runner = CliRunner()
@@ -118,9 +118,9 @@ def test_stored_clips_score_exactly_as_the_same_files(data, registered):
     windowed = []
     for checkpoint, options in ((data["mn01"], PredictOptions()), (data["ast"], PredictOptions(batch_size=3)),
                                 (data["ast"], PredictOptions(clip_seconds=0.7))):
-        # A Tagger each: one switches to its traced fast path for shapes it has seen, which rounds differently.
-        stored = list(predict_clips(Tagger.load(checkpoint, device="cpu"), clips, options))
-        loose = list(predict_files(Tagger.load(checkpoint, device="cpu"), files, options))
+        # A Scorer each: one switches to its traced fast path for shapes it has seen, which rounds differently.
+        stored = list(predict_clips(Scorer.load(checkpoint, device="cpu"), clips, options))
+        loose = list(predict_files(Scorer.load(checkpoint, device="cpu"), files, options))
         assert [i for i, _ in stored] == list(range(len(files)))
         for (_, a), b in zip(stored, loose, strict=True):
             np.testing.assert_array_equal(a.logits, b.logits)

@@ -8,12 +8,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from tagger.data.dataset import CachedFeatureDataset, WaveformDataset
+from tagger.data.extract import extract_features
 from tagger.data.manifests import read_manifest
 from tagger.data.store import FeatureStore
+from tagger.data.synth import synthesize
 from tagger.errors import TaggerError
-from tagger.extract import extract_features
 from tagger.labels import LabelSet
-from tagger.synth import synthesize
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tagger.data.manifests import read_manifest
-from tagger.enhance import (
+from tagger.enhance.report import build_report, markdown
+from tagger.enhance.rules import (
     Hierarchy,
     class_thresholds,
     consistency,
@@ -18,8 +19,7 @@ from tagger.enhance import (
     parse_fixes,
     parse_threshold,
 )
-from tagger.enhance_report import build_report, markdown
-from tagger.enhance_run import (
+from tagger.enhance.run import (
     EnhanceSettings,
     TeacherScores,
     check_inputs,

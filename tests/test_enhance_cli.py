@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from tagger.checkpoint import save_checkpoint
 from tagger.cli import app
-from tagger.evaluate import load_predictions, score
+from tagger.data.synth import synthesize
+from tagger.evaluation.evaluate import load_predictions, score
 from tagger.labels import LabelSet
 from tagger.models import create_model
-from tagger.synth import synthesize
 from tagger.training.data import Teacher
 
 runner = CliRunner()

@@ -15,8 +15,8 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from tagger.cli import app
-from tagger.enhance_report import CLASS_COLUMNS
-from tagger.evaluate import load_predictions
+from tagger.enhance.report import CLASS_COLUMNS
+from tagger.evaluation.evaluate import load_predictions
 from tagger.labels import LabelSet
 from tagger.training.data import Teacher
 
@@ -96,7 +96,7 @@ def real(tmp_path_factory):
     pretrained = shared_path("data", "pretrained", "efficientat_mn04_as")
     audioset = shared_path("data", "audioset")
     esc50 = shared_path("data", "esc50-folds1-4")
-    from tagger.importing import import_checkpoint
+    from tagger.weights.importing import import_checkpoint
 
     tmp = tmp_path_factory.mktemp("enhance_real")
     labels = LabelSet.from_csv(audioset / "class_labels_indices.csv")

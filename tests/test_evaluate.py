@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tagger import metrics
 from tagger.checkpoint import save_checkpoint
 from tagger.cli import app
 from tagger.data.manifests import read_manifest
 from tagger.errors import TaggerError
-from tagger.evaluate import (
+from tagger.evaluation import metrics
+from tagger.evaluation.evaluate import (
     PER_CLASS_COLUMNS,
     EvaluationResult,
     evaluate,
@@ -25,10 +25,10 @@ from tagger.evaluate import (
     score,
 )
 from tagger.fileio import atomic_write_csv
+from tagger.inference.predict import PredictOptions, predict_files
+from tagger.inference.runtime import Scorer
 from tagger.labels import LabelSet
 from tagger.models import create_model
-from tagger.predict import PredictOptions, predict_files
-from tagger.runtime import Tagger
 
 runner = CliRunner()
 
@@ -73,13 +73,13 @@ def setup(synth_set, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ml_tagger(setup) -> Tagger:
-    return Tagger.load(setup["ml_ckpt"], device="cpu")
+def ml_tagger(setup) -> Scorer:
+    return Scorer.load(setup["ml_ckpt"], device="cpu")
 
 
 @pytest.fixture(scope="module")
-def mc_tagger(setup) -> Tagger:
-    return Tagger.load(setup["mc_ckpt"], device="cpu")
+def mc_tagger(setup) -> Scorer:
+    return Scorer.load(setup["mc_ckpt"], device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tagger import events
 from tagger.errors import TaggerError
-from tagger.events import Event, EventRule, EventTracker, Stitcher, detect_events
+from tagger.inference import events
+from tagger.inference.events import Event, EventRule, EventTracker, Stitcher, detect_events
 
 FS = 0.1  # seconds per frame: round numbers in the expected events
 

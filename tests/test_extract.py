@@ -16,13 +16,13 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from tagger.cli import app
+from tagger.data.extract import extract_features, parse_part, select_part
 from tagger.data.manifests import read_manifest
 from tagger.data.store import FeatureStore
+from tagger.data.synth import synthesize
 from tagger.errors import TaggerError
-from tagger.extract import extract_features, parse_part, select_part
 from tagger.frontends import build_frontend
 from tagger.labels import LabelSet
-from tagger.synth import synthesize
 
 runner = CliRunner()
 

@@ -11,8 +11,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from tagger import metrics
 from tagger.errors import TaggerError
+from tagger.evaluation import metrics
 
 
 def tied_data(seed: int = 0, n: int = 200, c: int = 9) -> tuple[np.ndarray, np.ndarray]:

@@ -16,13 +16,13 @@ from tagger import audio
 from tagger.checkpoint import save_checkpoint
 from tagger.cli import app
 from tagger.errors import TaggerError
-from tagger.events import EventRule
 from tagger.frontends import LogMel
+from tagger.inference.events import EventRule
+from tagger.inference.predict import PredictOptions, expand_inputs, plan_file, predict_files
+from tagger.inference.runtime import Scorer, input_policy
 from tagger.labels import LabelSet
 from tagger.models import create_model
 from tagger.models.base import TaggerModel, TaggerOutput
-from tagger.predict import PredictOptions, expand_inputs, plan_file, predict_files
-from tagger.runtime import Tagger, input_policy
 
 runner = CliRunner()
 RATE = 32000
@@ -159,16 +159,16 @@ def test_policy_windows_by_family():
 
 
 def test_plan_windows_long_files_and_events():
-    passt = Tagger(tiny("passt-s-p16-s10"), LABELS, "multilabel")
+    passt = Scorer(tiny("passt-s-p16-s10"), LABELS, "multilabel")
     assert plan_file(passt, 9.0, PredictOptions()).window is None
     plan = plan_file(passt, 30.0, PredictOptions())
     assert plan.window == pytest.approx(10.05, abs=0.01) and plan.hop == pytest.approx(plan.window / 4)
     assert "longer than the model" in plan.note
-    cnn = Tagger(tiny("panns-cnn6"), LABELS, "multilabel")
+    cnn = Scorer(tiny("panns-cnn6"), LABELS, "multilabel")
     assert plan_file(cnn, 100.0, PredictOptions()).window is None
     assert plan_file(cnn, 3600.0, PredictOptions()).window == 10.0  # bounded memory for hour-long files
     assert plan_file(cnn, 5.0, PredictOptions(events=EventRule())).window == 2.0  # clip-level: window scores
-    sed = Tagger(tiny("panns-cnn14-decisionlevel-max"), LABELS, "multilabel")
+    sed = Scorer(tiny("panns-cnn14-decisionlevel-max"), LABELS, "multilabel")
     assert plan_file(sed, 5.0, PredictOptions(events=EventRule())).window is None  # frame-level output
     assert plan_file(cnn, 5.0, PredictOptions(window=3.0)).hop == 1.5
 
@@ -179,8 +179,8 @@ def test_plan_windows_long_files_and_events():
 def test_probabilities_follow_the_task():
     model = tiny("efficientat-mn01")
     wave = tone(1.0, RATE)[None]
-    multi = Tagger(model, LABELS, "multilabel")(wave)
-    single = Tagger(model, LABELS, "multiclass")(wave)
+    multi = Scorer(model, LABELS, "multilabel")(wave)
+    single = Scorer(model, LABELS, "multiclass")(wave)
     np.testing.assert_allclose(multi.probabilities, 1 / (1 + np.exp(-multi.logits)), rtol=1e-5)
     assert single.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(single.logits, multi.logits)
@@ -188,7 +188,7 @@ def test_probabilities_follow_the_task():
 
 def test_clip_scores_equal_the_model_on_the_whole_file(clips, mn01_checkpoint):
     """Whole-clip mode is the official inference: resample, one forward pass, sigmoid."""
-    tagger = Tagger.load(mn01_checkpoint, device="cpu")
+    tagger = Scorer.load(mn01_checkpoint, device="cpu")
     results = list(predict_files(tagger, [clips["a"], clips["c16k"]]))
     for result, key in zip(results, ("a", "c16k"), strict=True):
         expected = direct(tagger.model, audio.load(clips[key], RATE))
@@ -198,7 +198,7 @@ def test_clip_scores_equal_the_model_on_the_whole_file(clips, mn01_checkpoint):
 
 def test_batching_keeps_order_and_scores(clips, mn01_checkpoint):
     """Equal-length files share batches; a windowed file in between keeps the output in input order."""
-    tagger = Tagger.load(mn01_checkpoint, device="cpu")
+    tagger = Scorer.load(mn01_checkpoint, device="cpu")
     paths = [clips["a"], clips["c16k"], clips["b"], clips["events"], clips["a"], clips["b"]]
     batched = list(predict_files(tagger, paths, PredictOptions(batch_size=2, window=None)))
     alone = [next(predict_files(tagger, [p], PredictOptions(batch_size=1))) for p in paths]
@@ -210,7 +210,7 @@ def test_batching_keeps_order_and_scores(clips, mn01_checkpoint):
 
 def test_short_clip_is_zero_padded_to_the_minimum(clips):
     model = tiny("panns-cnn6")
-    tagger = Tagger(model, LABELS, "multilabel")
+    tagger = Scorer(model, LABELS, "multilabel")
     (result,) = predict_files(tagger, [clips["short"]])
     wave = audio.load(clips["short"], RATE)
     padded = np.pad(wave, (0, tagger.policy.min_samples - wave.size))
@@ -220,7 +220,7 @@ def test_short_clip_is_zero_padded_to_the_minimum(clips):
 
 def test_clip_seconds_leaves_fbank_padding_to_the_front_end(tmp_path):
     """AST and PSLA loaders pad the fbank (padded frames = -mean / std), not the waveform: only crop for them."""
-    tagger = Tagger(tiny("ast-tiny224"), LABELS, "multilabel", device="cpu")  # pads to 100 frames (~1 s)
+    tagger = Scorer(tiny("ast-tiny224"), LABELS, "multilabel", device="cpu")  # pads to 100 frames (~1 s)
     wave = tone(0.5, 16000, 440)
     path = write_wav(tmp_path / "half.wav", wave, 16000)
     read = audio.load(path, 16000)
@@ -234,7 +234,7 @@ def test_clip_seconds_leaves_fbank_padding_to_the_front_end(tmp_path):
 
 def test_last_window_is_scored_as_the_short_clip_it_is(tmp_path):
     """The window past the end holds only the audio left, which the front-end pads at fbank level (AST)."""
-    tagger = Tagger(tiny("ast-tiny224"), LABELS, "multilabel", device="cpu")  # 1.015 s windows every 0.254 s
+    tagger = Scorer(tiny("ast-tiny224"), LABELS, "multilabel", device="cpu")  # 1.015 s windows every 0.254 s
     path = write_wav(tmp_path / "long.wav", tone(1.28, 16000, 300), 16000)  # the tail: 0.77 s, 76 frames
     wave = audio.load(path, 16000)
     (result,) = predict_files(tagger, [path], PredictOptions(per_window=True, batch_size=8))
@@ -248,7 +248,7 @@ def test_last_window_is_scored_as_the_short_clip_it_is(tmp_path):
 
 def test_windows_match_slices_and_aggregate(clips):
     model = tiny("efficientat-mn01")
-    tagger = Tagger(model, LABELS, "multilabel")
+    tagger = Scorer(model, LABELS, "multilabel")
     wave = audio.load(clips["events"], RATE)
     options = PredictOptions(window=4.0, hop=2.0, per_window=True, batch_size=3, block_seconds=1.5)
     (result,) = predict_files(tagger, [clips["events"]], options)
@@ -264,13 +264,13 @@ def test_windows_match_slices_and_aggregate(clips):
 
 
 def test_window_longer_than_the_model_allows_is_refused(clips):
-    tagger = Tagger(tiny("htsat-tiny"), LABELS, "multilabel")
+    tagger = Scorer(tiny("htsat-tiny"), LABELS, "multilabel")
     with pytest.raises(TaggerError, match="longer than the model takes"):
         list(predict_files(tagger, [clips["events"]], PredictOptions(window=11.0)))
 
 
 def test_bad_files_go_to_the_error_callback(clips, mn01_checkpoint):
-    tagger = Tagger.load(mn01_checkpoint, device="cpu")
+    tagger = Scorer.load(mn01_checkpoint, device="cpu")
     errors = []
     results = list(predict_files(tagger, [clips["a"], clips["bad"], clips["b"]], on_error=errors.append))
     assert [r.path for r in results] == [clips["a"], clips["b"]]
@@ -282,7 +282,7 @@ def test_bad_files_go_to_the_error_callback(clips, mn01_checkpoint):
 
 def test_frame_level_events_find_the_loud_part(clips):
     """A frame-level model: the event follows the tone (3.0-5.5 s) to within a few frames."""
-    tagger = Tagger(LoudnessTagger(frame_level=True), LABELS, "multilabel")
+    tagger = Scorer(LoudnessTagger(frame_level=True), LABELS, "multilabel")
     rule = EventRule(on=0.5, min_duration=0.2)
     (whole,) = predict_files(tagger, [clips["events"]], PredictOptions(events=rule))
     loud = [e for e in whole.events if e.label == 0]
@@ -299,7 +299,7 @@ def test_frame_level_events_find_the_loud_part(clips):
 
 
 def test_clip_level_events_come_from_window_scores(clips):
-    tagger = Tagger(LoudnessTagger(frame_level=False), LABELS, "multilabel")
+    tagger = Scorer(LoudnessTagger(frame_level=False), LABELS, "multilabel")
     (result,) = predict_files(tagger, [clips["events"]], PredictOptions(events=EventRule(on=0.5)))
     assert result.window == 2.0 and result.hop == 0.5
     loud = [e for e in result.events if e.label == 0]
@@ -308,7 +308,7 @@ def test_clip_level_events_come_from_window_scores(clips):
 
 
 def test_timeline_for_plots(clips):
-    tagger = Tagger(LoudnessTagger(frame_level=True), LABELS, "multilabel")
+    tagger = Scorer(LoudnessTagger(frame_level=True), LABELS, "multilabel")
     (result,) = predict_files(tagger, [clips["events"]], PredictOptions(timeline=True, window=5.0, hop=2.5))
     assert result.timeline.shape[1] == 3
     assert result.timeline_seconds * len(result.timeline) == pytest.approx(12.0, abs=0.05)
@@ -413,7 +413,7 @@ def test_cli_bad_options_are_one_line(clips, mn01_checkpoint, args, message):
 def test_cli_without_model_names_the_pull_command(clips, monkeypatch, tmp_path):
     monkeypatch.delenv("TAGGER_MODEL", raising=False)
     monkeypatch.setenv("TAGGER_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr("tagger.runtime.Path.is_file", lambda self: False)
+    monkeypatch.setattr("tagger.inference.runtime.Path.is_file", lambda self: False)
     result = invoke(clips["a"], "--top-k", "5")
     assert result.exit_code == 2
     (line,) = result.stderr.strip().splitlines()
@@ -443,7 +443,7 @@ def htsat_checkpoint(tmp_path_factory):
 def test_htsat_tiled_events_stay_inside_the_clip(tmp_path, htsat_checkpoint):
     """The network sees 3 copies of a 3 s clip; frames and events are reported in the clip's own 3 s."""
     clip = write_wav(tmp_path / "three.wav", tone(3.0, RATE, 440), RATE)
-    tile = Tagger.load(htsat_checkpoint, device="cpu")
+    tile = Scorer.load(htsat_checkpoint, device="cpu")
     assert tile.model.copies(301) == 3
     (result,) = predict_files(tile, [clip], PredictOptions(events=EventRule(on=0.5), timeline=True))
     assert result.timeline.shape == (300, 3)  # the 301st frame starts at 3.0 s
@@ -460,7 +460,7 @@ def test_htsat_tiled_events_stay_inside_the_clip(tmp_path, htsat_checkpoint):
     (stretched,) = json.loads(result.stdout)
     scores = {item["id"]: item["score"] for item in tiled["labels"]}
     assert any(item["score"] != pytest.approx(scores[item["id"]], abs=1e-6) for item in stretched["labels"])
-    stretch = Tagger.load(htsat_checkpoint, device="cpu", input_settings={"short_input": "stretch"})
+    stretch = Scorer.load(htsat_checkpoint, device="cpu", input_settings={"short_input": "stretch"})
     expected = stretch(audio.load(clip, RATE)[None]).probabilities[0]
     np.testing.assert_allclose([item["score"] for item in stretched["labels"]],
                                [expected[LABELS.ids.index(item["id"])] for item in stretched["labels"]], atol=1e-6)
@@ -469,10 +469,10 @@ def test_htsat_tiled_events_stay_inside_the_clip(tmp_path, htsat_checkpoint):
 def test_htsat_long_clip_in_one_pass_with_crops(tmp_path, htsat_checkpoint):
     """--long-input crops takes a 15 s clip whole (no windows) and still reports its own frames."""
     clip = write_wav(tmp_path / "long.wav", loud_between(15.0, 3.0, 5.5), RATE)
-    crops = Tagger.load(htsat_checkpoint, device="cpu", input_settings={"long_input": "crops"})
+    crops = Scorer.load(htsat_checkpoint, device="cpu", input_settings={"long_input": "crops"})
     (whole,) = predict_files(crops, [clip], PredictOptions(timeline=True))
     assert whole.window is None and whole.timeline.shape == (1500, 3)
-    windows = Tagger.load(htsat_checkpoint, device="cpu")
+    windows = Scorer.load(htsat_checkpoint, device="cpu")
     (windowed,) = predict_files(windows, [clip], PredictOptions())
     assert windowed.window == pytest.approx(10.24, abs=0.01)
     result = invoke(clip, "--model", htsat_checkpoint, "--long-input", "chunks")
@@ -486,7 +486,7 @@ def test_real_mn04_tags_the_sample_clips(tmp_path):
     """The imported EfficientAT mn04_as ranks each sample's own class in its top 3."""
     folder = shared_path("data", "pretrained", "efficientat_mn04_as")
     samples = shared_path("data", "samples")
-    from tagger.importing import import_checkpoint
+    from tagger.weights.importing import import_checkpoint
 
     out = tmp_path / "mn04.pt"
     import_checkpoint("efficientat", folder / "mn04_as_mAP_432.pt", out,
@@ -505,7 +505,7 @@ def test_cli_ctrl_c_exits_130_and_leaves_output_alone(clips, mn01_checkpoint, tm
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tagger.predict_report.run_predict", interrupted)
+    monkeypatch.setattr("tagger.inference.report.run_predict", interrupted)
     out = tmp_path / "preds.json"
     result = invoke(clips["a"], "--model", mn01_checkpoint, "--output", out)
     assert result.exit_code == 130

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tagger import pull as pull_module
 from tagger.checkpoint import load_checkpoint
 from tagger.errors import TaggerError
 from tagger.models import create_model, model_entry
@@ -29,7 +28,8 @@ from tagger.models.releases import (
     set_default,
     tagger_home,
 )
-from tagger.pull import list_releases, pull
+from tagger.weights import pull as pull_module
+from tagger.weights.pull import list_releases, pull
 
 # --------------------------------------------------------------------------------------------- a local server
 

@@ -11,9 +11,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from tagger.cli import app
+from tagger.data.synth import CLASSES, PARENTS, synth_clip, synthesize
 from tagger.errors import TaggerError
 from tagger.labels import Ontology
-from tagger.synth import CLASSES, PARENTS, synth_clip, synthesize
 
 PARENT_OF = {child: parent for parent, children in PARENTS.items() for child in children}
 TINY = {"seconds": 1.0, "sample_rate": 16000}

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from tagger.errors import TaggerError
-from tagger.events import Event
-from tagger.timeline import (
+from tagger.inference.events import Event
+from tagger.inference.timeline import (
     EVENT_COLOUR,
     LEFT,
     PLOT_WIDTH,

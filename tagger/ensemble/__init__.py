@@ -6,5 +6,10 @@ store.py     the ensemble checkpoint file: member checkpoints plus how to combin
 averaging.py weight averaging, its compatibility checks, BatchNorm re-estimation
 selection.py which checkpoints to use: epochs >= N, the best K, greedy forward selection
 report.py    member and ensemble validation metrics, as a table and as JSON
+members.py   what the modes share: settings, hooks, checkpoints as candidates, scoring one on validation data
+predictions_mode.py, weights_mode.py, saved.py   the three ways to build an ensemble
 run.py       the `tagger ensemble` command as a library function
+
+combine.py, model.py and store.py are what a loaded ensemble needs (they may import models and checkpoint only); the
+rest builds ensembles and may also import data, inference and evaluation.
 """

@@ -63,7 +63,7 @@ def combine_numpy(logits: np.ndarray, weights: Sequence[float], mode: str, task:
 
 
 def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
-    """runtime.probabilities (what `Tagger` gives) for arrays."""
+    """models.base.probabilities (what `Scorer` gives) for arrays."""
     from tagger.models.base import probabilities as of_tensor
 
     return of_tensor(torch.from_numpy(np.asarray(logits, dtype=np.float32)), task).numpy()

@@ -2,7 +2,7 @@
 
 Members keep their own front-ends and sample rates. With one rate the ensemble takes a (B, S) waveform like any
 model (so predict, evaluate and export treat it as one); with several it takes one waveform per rate, in
-`rates` order (highest first), which `Tagger` reads from each file once per rate.
+`rates` order (highest first), which `Scorer` reads from each file once per rate.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class EnsembleModel(nn.Module):
     def member_outputs(self, wave: Tensor | Sequence[Tensor], runners: Sequence[Runner] | None = None
                        ) -> list[TaggerOutput]:
         """Each member's output, its classes in the ensemble's order. `runners` may stand in for the members
-        (Tagger's fused CPU graphs)."""
+        (Scorer's fused CPU graphs)."""
         runners = runners or self.members
         outputs = []
         for index, run in enumerate(runners):

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from tagger.ensemble.combine import combine_numpy, default_combine, learn_weights, probabilities
+from tagger.ensemble.members import Candidate, EnsembleSettings, Hooks, member_rows, member_weights
 from tagger.ensemble.report import Report
-from tagger.ensemble.run import Candidate, EnsembleSettings, Hooks, member_rows, member_weights
 from tagger.ensemble.selection import Selection, choose, metric_value
 from tagger.labels import LabelSet
 

@@ -28,10 +28,10 @@ def is_saved_predictions(paths: Sequence[str | Path]) -> bool:
 def run_saved(paths: Sequence[str | Path], settings, hooks):
     """Combine the files' logits, write the ensemble's predictions to settings.out (.npz) and return the Report."""
     from tagger.ensemble.combine import check_weights, combine_numpy, probabilities
+    from tagger.ensemble.members import Candidate, Validation
     from tagger.ensemble.predictions_mode import choose_members
-    from tagger.ensemble.run import Candidate, Validation
     from tagger.ensemble.selection import metric_value, parse_selection, resolve_metric
-    from tagger.evaluate import load_predictions, score
+    from tagger.evaluation.evaluate import load_predictions, score
 
     selection = parse_selection(settings.select)
     _check(settings, selection)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tagger import metrics
 from tagger.errors import TaggerError
+from tagger.evaluation import metrics
 
 METRICS = ("auto", "accuracy", "mAP", "mAUC")
 _SPEC_HELP = "use all, epochs>=N, best:K or greedy"

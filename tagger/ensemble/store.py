@@ -3,7 +3,7 @@
 Layout: {"format": "tagger-ensemble", "version": 1, "labels": [...], "task": ..., "combine": "mean-prob" |
 "mean-logit", "weights": [w per member, summing to 1], "sources": [member paths as given], "members": [tagger
 checkpoint payloads], "report": {...}}. Like a model checkpoint it holds only tensors and plain data, so it loads
-with torch.load(weights_only=True), and `Tagger.load` accepts it wherever a checkpoint is asked for.
+with torch.load(weights_only=True), and `Scorer.load` accepts it wherever a checkpoint is asked for.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from tagger.ensemble.report import Report
-from tagger.ensemble.run import (
+from tagger.ensemble.members import (
     Candidate,
     EnsembleSettings,
     Hooks,
@@ -18,6 +17,7 @@ from tagger.ensemble.run import (
     model_tagger,
     score_tagger,
 )
+from tagger.ensemble.report import Report
 from tagger.ensemble.selection import Selection, choose, metric_value
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
@@ -89,7 +89,7 @@ def _recalibrate(model, payload: dict, settings: EnsembleSettings, hooks: Hooks)
     training clip length."""
     from tagger.data.clips import open_clips
     from tagger.ensemble.averaging import recalibrate_batchnorm
-    from tagger.runtime import resolve_device
+    from tagger.inference.runtime import resolve_device
 
     clips = open_clips(settings.bn_recalibrate, settings.manifest_format, audio_dir=settings.audio_dir,
                           folds=settings.bn_folds)

@@ -27,10 +27,10 @@ from tagger import console
 from tagger.augment import apply_mix, draw_spec_mixup, mix_targets, spec_augment
 from tagger.checkpoint import read_torch_file, save_checkpoint
 from tagger.errors import TaggerError
+from tagger.evaluation.metrics import summarize
 from tagger.fileio import atomic_path, atomic_write_json, atomic_write_text
 from tagger.frontends import KaldiFbank
 from tagger.labels import LabelSet
-from tagger.metrics import summarize
 from tagger.models.base import probabilities
 from tagger.training import distributed
 from tagger.training.config import TrainConfig, config_from_dict, read_recipe, to_toml

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from tagger import metrics
 from tagger.ensemble.combine import (
     check_weights,
     combine_logits,
@@ -25,6 +24,7 @@ from tagger.ensemble.selection import (
     resolve_metric,
 )
 from tagger.errors import TaggerError
+from tagger.evaluation import metrics
 
 
 def test_mean_prob_is_the_weighted_mean_of_probabilities_even_for_extreme_logits():

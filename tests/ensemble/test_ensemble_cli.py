@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tagger.checkpoint import read_torch_file, save_checkpoint
 from tagger.cli import app
-from tagger.evaluate import load_predictions
+from tagger.evaluation.evaluate import load_predictions
 from tagger.labels import LabelSet
 
 runner = CliRunner()

@@ -13,11 +13,11 @@ from tagger import audio
 from tagger.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
 from tagger.ensemble.store import column_map, save_ensemble
 from tagger.errors import TaggerError
-from tagger.events import EventRule
+from tagger.inference.events import EventRule
+from tagger.inference.predict import PredictOptions, predict_files
+from tagger.inference.runtime import Scorer
 from tagger.labels import LabelSet
 from tagger.models import create_model
-from tagger.predict import PredictOptions, predict_files
-from tagger.runtime import Tagger
 
 LABELS = LabelSet(["a", "b", "c"])
 PERMUTED = LabelSet(["c", "a", "b"])  # the second member lists the classes in another order
@@ -56,12 +56,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 def _predict(model: Path, wav: Path, options: PredictOptions = PredictOptions()):
     """The FileResult of one file, scored by `predict_files` with the checkpoint or ensemble at `model`."""
-    return next(predict_files(Tagger.load(model, device="cpu"), [wav], options))
+    return next(predict_files(Scorer.load(model, device="cpu"), [wav], options))
 
 
 def test_members_at_two_rates_give_exactly_the_weighted_mean_of_their_own_predictions(files):
     ensemble = _ensemble(files["folder"] / "two-rates.pt", [files["mn_a"], files["ast"]], [0.7, 0.3])
-    tagger = Tagger.load(ensemble, device="cpu")
+    tagger = Scorer.load(ensemble, device="cpu")
     assert tagger.rates == (32000, 16000) and tagger.sample_rate == 32000 and not tagger.frame_level
     wave = tagger.read(files["clip"])  # decoded once, resampled to each rate exactly as each member alone reads it
     assert all(np.array_equal(w, audio.load(files["clip"], r)) for w, r in zip(wave, tagger.rates, strict=True))
@@ -92,8 +92,8 @@ def test_windows_are_read_per_rate_and_aggregate_like_the_members(files):
 
 def test_fused_cpu_graphs_of_cnn_members_agree_with_eager(files):
     ensemble = _ensemble(files["folder"] / "fast.pt", [files["mn_a"], files["ast"]], [0.5, 0.5])
-    fast = Tagger.load(ensemble, device="cpu", fast=True)
-    eager = Tagger.load(ensemble, device="cpu", fast=False)
+    fast = Scorer.load(ensemble, device="cpu", fast=True)
+    eager = Scorer.load(ensemble, device="cpu", fast=False)
     wave = fast.stack([fast.pad(fast.read(files["clip"]))] * 2)
     for _ in range(3):  # the second call of a shape switches to the fused graph
         np.testing.assert_allclose(fast(wave).logits, eager(wave).logits, atol=1e-4)
@@ -103,11 +103,11 @@ def test_frame_level_members_on_one_grid_give_combined_frames_and_events(files, 
     small = {"embed_dim": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
     members = [_save(tmp_path / f"h{k}.pt", "htsat-tiny", LABELS, 10 + k, **small) for k in range(2)]
     ensemble = _ensemble(tmp_path / "frames.pt", members, [0.5, 0.5])
-    tagger = Tagger.load(ensemble, device="cpu")
+    tagger = Scorer.load(ensemble, device="cpu")
     assert tagger.frame_level and tagger.frame_seconds == pytest.approx(0.01)
     wave = tagger.stack([tagger.pad(tagger.read(files["clip"]))])
     frames = tagger(wave).frame_probabilities
-    alone = [Tagger.load(m, device="cpu")(wave).frame_probabilities for m in members]
+    alone = [Scorer.load(m, device="cpu")(wave).frame_probabilities for m in members]
     np.testing.assert_allclose(frames, (alone[0] + alone[1]) / 2, atol=1e-6)
     result = next(predict_files(tagger, [files["clip"]], PredictOptions(events=EventRule(on=0.01, min_duration=0))))
     assert {e.label for e in result.events} == {0, 1, 2}  # a threshold every class passes
@@ -117,22 +117,22 @@ def test_clip_length_settings_reach_the_members_that_have_them(files, tmp_path):
     small = {"embed_dim": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
     htsat = _save(tmp_path / "h.pt", "htsat-tiny", LABELS, 10, **small)
     ensemble = _ensemble(tmp_path / "mixed.pt", [htsat, files["mn_a"]], [0.5, 0.5])
-    tagger = Tagger.load(ensemble, device="cpu", input_settings={"short_input": "tile"})
+    tagger = Scorer.load(ensemble, device="cpu", input_settings={"short_input": "tile"})
     assert [getattr(m, "short_input", None) for m in tagger.model.members] == ["tile", None]
     wave = tagger.stack([tagger.read(files["clip"])])  # 0.9 s: the HTS-AT member tiles it 11 times
-    alone = [Tagger.load(htsat, device="cpu", input_settings={"short_input": "tile"})(wave).probabilities,
-             Tagger.load(files["mn_a"], device="cpu")(wave).probabilities]
+    alone = [Scorer.load(htsat, device="cpu", input_settings={"short_input": "tile"})(wave).probabilities,
+             Scorer.load(files["mn_a"], device="cpu")(wave).probabilities]
     np.testing.assert_allclose(tagger(wave).probabilities, (alone[0] + alone[1]) / 2, atol=1e-6)
     plain = _ensemble(tmp_path / "plain.pt", [files["mn_a"], files["ast"]], [0.5, 0.5])
     with pytest.raises(TaggerError, match="--short-input applies to none of this ensemble's members"):
-        Tagger.load(plain, device="cpu", input_settings={"short_input": "tile"})
+        Scorer.load(plain, device="cpu", input_settings={"short_input": "tile"})
 
 
 def test_the_file_loads_only_where_a_model_is_scored(files):
     ensemble = _ensemble(files["folder"] / "plain.pt", [files["mn_a"], files["ast"]], [0.5, 0.5])
     with pytest.raises(TaggerError, match="an ensemble checkpoint cannot be used here"):
         load_checkpoint(ensemble)
-    tagger = Tagger.load(ensemble, device="cpu")
+    tagger = Scorer.load(ensemble, device="cpu")
     assert tagger.labels == LABELS and tagger.task == "multilabel" and tagger.source == str(ensemble)
 
 

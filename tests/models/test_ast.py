@@ -273,7 +273,7 @@ def test_importer_base_sizes_and_arch(tmp_path):
 
 def test_import_checkpoint_cli_path(tmp_path):
     from tagger.checkpoint import load_checkpoint
-    from tagger.importing import import_checkpoint
+    from tagger.weights.importing import import_checkpoint
 
     source = _tiny()
     path = tmp_path / "ast_tiny.pth"

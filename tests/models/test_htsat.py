@@ -10,10 +10,10 @@ from conftest import parity_fixture
 from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention
 
 from tagger.errors import TaggerError
+from tagger.inference.runtime import input_policy
 from tagger.models import create_model, importer, list_models
 from tagger.models.htsat import SdpaWindowAttention, _geometry_buffers
 from tagger.models.inference import FastInference
-from tagger.runtime import input_policy
 
 TINY = {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4]}
 # Trainable parameters at 527 classes without the unused official `head` Linear(527, 527) (278,256 parameters).

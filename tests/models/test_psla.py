@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import parity_fixture
 
-from tagger.catalog import count_parameters
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models, model_entry
+from tagger.models.catalog import count_parameters
 from tagger.models.efficientnet import VARIANTS, EfficientNet, drop_connect, static_same_padding, trunk_signature
 from tagger.models.heads import AttentionPooling, MeanPooling, MultiHeadAttentionPooling
 
@@ -192,7 +192,7 @@ def test_importer_infers_variant_head_and_classes(arch, classes):
 
 def test_import_checkpoint_end_to_end(tmp_path):
     from tagger.checkpoint import load_checkpoint
-    from tagger.importing import import_checkpoint
+    from tagger.weights.importing import import_checkpoint
 
     raw, reference = _official_file("psla-effnet-b0-att4", 5)
     path = tmp_path / "as_mdl_test.pth"

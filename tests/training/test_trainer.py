@@ -173,8 +173,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_checkpoint(synt
 
 
 def test_cached_features_train_and_waveform_augmentation_is_refused(synth_set, tmp_path):
+    from tagger.data.extract import extract_features
     from tagger.data.manifests import read_manifest
-    from tagger.extract import extract_features
     from tagger.models import create_model
 
     frontend = create_model("efficientat-mn01", num_classes=6).frontend
@@ -203,7 +203,7 @@ def test_balanced_sampling_accumulation_bf16_and_pairs_mixup(synth_set, tmp_path
 
 
 def test_single_label_data_trains_as_multiclass_with_accuracy(tmp_path):
-    from tagger.synth import synthesize
+    from tagger.data.synth import synthesize
 
     config = tiny_config
 

@@ -22,8 +22,8 @@ from tagger import audio
 from tagger.data.clips import Clips, FileAudio
 from tagger.data.manifests import AUDIO_EXTENSIONS
 from tagger.errors import TaggerError
-from tagger.events import Event, EventRule, EventTracker, Stitcher
-from tagger.runtime import Tagger, Wave
+from tagger.inference.events import Event, EventRule, EventTracker, Stitcher
+from tagger.inference.runtime import Scorer, Wave
 
 AGGREGATES = ("mean", "max")
 WHOLE_FILE_SECONDS = 120.0  # longer files are windowed even for fully convolutional models, to bound memory
@@ -134,7 +134,7 @@ class _Plan:
     note: str = ""
 
 
-def plan_file(tagger: Tagger, duration: float, options: PredictOptions) -> _Plan:
+def plan_file(tagger: Scorer, duration: float, options: PredictOptions) -> _Plan:
     """Whole clip or windows, and which windows; `note` says why windows were chosen when the user did not."""
     if options.window is not None:
         return _Plan(options.window, options.hop or options.window / 2)
@@ -157,7 +157,7 @@ def plan_file(tagger: Tagger, duration: float, options: PredictOptions) -> _Plan
     return _Plan(None, None)
 
 
-def check_window(tagger: Tagger, options: PredictOptions) -> None:
+def check_window(tagger: Scorer, options: PredictOptions) -> None:
     """A --window the model cannot take is a mistake in the command, not in a file: refuse it up front."""
     if options.window is None:
         return
@@ -174,7 +174,7 @@ def check_window(tagger: Tagger, options: PredictOptions) -> None:
 
 
 def predict_files(
-    tagger: Tagger,
+    tagger: Scorer,
     paths: Iterable[Path],
     options: PredictOptions = PredictOptions(),
     on_error: Callable[[FileError], None] | None = None,
@@ -194,7 +194,7 @@ def predict_files(
 
 
 def predict_clips(
-    tagger: Tagger,
+    tagger: Scorer,
     clips: Clips,
     options: PredictOptions = PredictOptions(),
     on_error: Callable[[FileError], None] | None = None,
@@ -220,13 +220,13 @@ class _FileInput:
     def __init__(self, path, duration: float | None = None):
         self.path, self.known = path, duration
 
-    def duration(self, tagger: Tagger) -> float:
+    def duration(self, tagger: Scorer) -> float:
         return audio.info(self.path).duration if self.known is None else self.known
 
-    def read(self, tagger: Tagger) -> Wave:
+    def read(self, tagger: Scorer) -> Wave:
         return tagger.read(self.path)
 
-    def windows(self, tagger: Tagger, window: float, hop: float, options: PredictOptions):
+    def windows(self, tagger: Scorer, window: float, hop: float, options: PredictOptions):
         if options.clip_seconds is None:
             return tagger.windows(self.path, window, hop, options.block_seconds)
         return tagger.array_windows(tagger.crop(tagger.read(self.path), options.clip_seconds), window, hop)
@@ -241,22 +241,22 @@ class _StoredInput:
         self.path = clips.where(index)
         self.wave: Wave | None = None
 
-    def _decode(self, tagger: Tagger) -> Wave:
+    def _decode(self, tagger: Scorer) -> Wave:
         if self.wave is None:
             load, index = self.clips.load, self.index
             self.wave = (tuple(load(index, rate) for rate in tagger.rates) if tagger.multirate
                          else load(index, tagger.sample_rate))
         return self.wave
 
-    def duration(self, tagger: Tagger) -> float:
+    def duration(self, tagger: Scorer) -> float:
         wave = self._decode(tagger)
         return (wave[0] if tagger.multirate else wave).shape[-1] / tagger.rates[0]
 
-    def read(self, tagger: Tagger) -> Wave:
+    def read(self, tagger: Scorer) -> Wave:
         wave, self.wave = self._decode(tagger), None  # whoever scores it holds it from here
         return wave
 
-    def windows(self, tagger: Tagger, window: float, hop: float, options: PredictOptions):
+    def windows(self, tagger: Scorer, window: float, hop: float, options: PredictOptions):
         wave = self.read(tagger)
         if options.clip_seconds is not None:
             wave = tagger.crop(wave, options.clip_seconds)
@@ -267,7 +267,7 @@ _Input = _FileInput | _StoredInput
 
 
 def _predict(
-    tagger: Tagger,
+    tagger: Scorer,
     inputs: Sequence[_Input],
     options: PredictOptions,
     on_error: Callable[[FileError], None] | None = None,
@@ -317,7 +317,7 @@ def _predict(
 class _ClipBatcher:
     """Holds whole clips until a batch of equal-length clips is full, so files share forward passes."""
 
-    def __init__(self, tagger: Tagger, options: PredictOptions):
+    def __init__(self, tagger: Scorer, options: PredictOptions):
         self.tagger, self.options = tagger, options
         self.buckets: dict[int | tuple[int, ...], list[tuple[int, Path, float, Wave]]] = {}
         self.held = 0
@@ -356,7 +356,7 @@ class _ClipBatcher:
         return results
 
 
-def _clip_result(tagger: Tagger, path: Path, duration: float, probs: np.ndarray, logits: np.ndarray,
+def _clip_result(tagger: Scorer, path: Path, duration: float, probs: np.ndarray, logits: np.ndarray,
                  embedding: np.ndarray, frames: np.ndarray | None, options: PredictOptions) -> FileResult:
     result = FileResult(Path(path), duration, probs, logits, embedding)
     if frames is not None and (options.events is not None or options.timeline):
@@ -370,7 +370,7 @@ def _clip_result(tagger: Tagger, path: Path, duration: float, probs: np.ndarray,
     return result
 
 
-def _score_windows(tagger: Tagger, item: _Input, duration: float, plan: _Plan, options: PredictOptions,
+def _score_windows(tagger: Scorer, item: _Input, duration: float, plan: _Plan, options: PredictOptions,
                    on_progress: Callable[[float], None] | None = None) -> FileResult:
     """Score `item` in windows; aggregate clip scores, stitch frame (or window) scores into events."""
     window, hop = plan.window, plan.hop
@@ -398,7 +398,7 @@ def _score_windows(tagger: Tagger, item: _Input, duration: float, plan: _Plan, o
 class _Track:
     """Running state of one windowed file: aggregates, per-window rows, the stitched timeline and events."""
 
-    def __init__(self, tagger: Tagger, duration: float, window: float, hop: float, options: PredictOptions):
+    def __init__(self, tagger: Scorer, duration: float, window: float, hop: float, options: PredictOptions):
         self.tagger, self.duration, self.window, self.hop, self.options = tagger, duration, window, hop, options
         self.count = 0
         self.total = np.zeros(tagger.num_classes, np.float64)

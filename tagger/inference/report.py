@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tagger.inference.predict import FileResult
 from tagger.labels import LabelSet
-from tagger.predict import FileResult
 
 PREDICT_FORMATS = ("table", "json", "csv", "jsonl")
 CSV_COLUMNS = ("path", "kind", "start", "end", "rank", "label", "id", "score")
@@ -161,7 +161,7 @@ class PredictSink:
             console.stdout.out(text.rstrip("\n"), highlight=False)
 
     def _plot(self, result: FileResult) -> None:
-        from tagger.timeline import plot_timeline
+        from tagger.inference.timeline import plot_timeline
 
         path = self.plot
         if self.plot_count > 1:
@@ -227,9 +227,9 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
                 min_gap: float = 0.0, input_settings=None) -> PredictSummary:
     """What `tagger predict` does: expand inputs, load the model, score with a progress bar, write via `sink`."""
     from tagger import console
-    from tagger.events import EventRule
-    from tagger.predict import PredictOptions, expand_inputs, predict_files
-    from tagger.runtime import Tagger
+    from tagger.inference.events import EventRule
+    from tagger.inference.predict import PredictOptions, expand_inputs, predict_files
+    from tagger.inference.runtime import Scorer
 
     rule = EventRule(on=onset, off=offset, min_duration=min_duration, min_gap=min_gap) if events else None
     options = PredictOptions(window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=rule,
@@ -240,7 +240,7 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
     failed = len(problems)
     if not files:
         return PredictSummary(0, failed)
-    tagger = Tagger.load(model, device=device, precision=precision, input_settings=input_settings)
+    tagger = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
     sink.start(tagger.labels, len(files))
 
     def on_error(problem) -> None:

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tagger.errors import TaggerError
-from tagger.events import Event
 from tagger.fileio import atomic_path
+from tagger.inference.events import Event
 
 LEFT, PLOT_WIDTH, RIGHT = 180, 1200, 80  # class names | heat map (one pixel column per time bin) | colour scale
 TOP, BOTTOM = 30, 46  # title above, time axis below

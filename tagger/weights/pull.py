@@ -358,8 +358,8 @@ def check_labels(path: Path, labels: LabelFile) -> None:
 
 def _convert(release: Release, raw: Path, label_file: Path, provenance: dict, out: Path, note: Note) -> None:
     """The import-checkpoint path (same importer, same checks), the provenance recorded, written atomically."""
-    from tagger.importing import import_checkpoint
     from tagger.labels import LabelSet
+    from tagger.weights.importing import import_checkpoint
 
     result = import_checkpoint(release.family, raw, out, arch=release.arch, labels=LabelSet.from_csv(label_file),
                                force=True, source=provenance)

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from tagger.enhance import addition_pairs, consistency, family_check
-from tagger.enhance_run import Enhancement
-from tagger.metrics import average_precision
+from tagger.enhance.rules import addition_pairs, consistency, family_check
+from tagger.enhance.run import Enhancement
+from tagger.evaluation.metrics import average_precision
 
 SPEECH = "/m/09x0r"  # PSLA's check_label_error: Speech against its male/female/child speech children
 CLASS_COLUMNS = ("index", "id", "name", "threshold", "positives", "added_type1", "added_type2", "added",

@@ -20,11 +20,11 @@ import numpy as np
 
 from tagger.data.clips import Clips, from_examples
 from tagger.data.manifests import MANIFEST_FORMATS, Manifest, write_manifest_like
-from tagger.enhance import FIXES, Additions, Hierarchy, class_thresholds, enhance
+from tagger.enhance.rules import FIXES, Additions, Hierarchy, class_thresholds, enhance
 from tagger.errors import TaggerError
-from tagger.evaluate import EvaluationResult, label_mapper, load_predictions
+from tagger.evaluation.evaluate import EvaluationResult, label_mapper, load_predictions
+from tagger.inference.predict import FileError
 from tagger.labels import LabelSet, Ontology
-from tagger.predict import FileError
 
 CACHE_NAME = "teacher_scores.npz"
 _SHOWN = 5
@@ -98,9 +98,9 @@ def teacher_scores(
         if check is not None:
             check(saved.labels)
         return TeacherScores(saved.labels, saved.task, saved.ids, saved.probabilities, saved.logits, str(teacher))
-    from tagger.runtime import Tagger
+    from tagger.inference.runtime import Scorer
 
-    tagger = Tagger.load(teacher, device=device, precision=precision)
+    tagger = Scorer.load(teacher, device=device, precision=precision)
     if check is not None:
         check(tagger.labels)
     fingerprint = _fingerprint(teacher, clip_seconds)
@@ -141,7 +141,7 @@ def teacher_scores(
 
 def _score_chunk(tagger, chunk, mapping, clip_seconds, batch_size, skipped, on_progress, offset: int, total: int):
     """One chunk through `evaluate`; None when every file of it was unreadable (they are listed in `skipped`)."""
-    from tagger.evaluate import evaluate
+    from tagger.evaluation.evaluate import evaluate
 
     before = len(skipped)
 

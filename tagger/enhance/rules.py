@@ -1,7 +1,7 @@
 """PSLA label enhancement rules: a teacher's scores and a class ontology add the labels a weak set is missing.
 
 Pure numpy on (clips, classes) matrices; reading manifests, running the teacher and writing files live in
-`enhance_run.py`, the report in `enhance_report.py`.
+`run.py`, the report in `report.py`.
 
 - Thresholds: per class, a statistic of the teacher's scores on the clips labelled with that class (PSLA's
   mean, median, 25th/10th/5th percentile) or one fixed value. A class without positives has no statistic and

@@ -1,6 +1,6 @@
 """A checkpoint loaded for scoring audio: device, precision, input-length policy, probabilities out.
 
-predict, evaluate and the benchmarks all score audio through `Tagger`, so they share one answer to "what does
+predict, evaluate and the benchmarks all score audio through `Scorer`, so they share one answer to "what does
 this family do with a clip of this length" and one rule for turning logits into probabilities.
 """
 
@@ -46,7 +46,7 @@ class Scores:
     frame_probabilities: np.ndarray | None
 
 
-class Tagger:
+class Scorer:
     """A model in eval mode on a device, scoring float32 waveforms at its own sample rate.
 
     An ensemble whose members need different rates takes one waveform per rate (`rates`, highest first): a
@@ -75,7 +75,7 @@ class Tagger:
 
     @classmethod
     def load(cls, path: str | Path | None, device: str = "auto", precision: str = "fp32", fast: bool = True,
-             input_settings: Mapping[str, str | None] | None = None) -> Tagger:
+             input_settings: Mapping[str, str | None] | None = None) -> Scorer:
         from tagger.checkpoint import load_model
 
         path = default_checkpoint() if path is None else Path(path)
@@ -258,7 +258,7 @@ def default_checkpoint() -> Path:
     pulled = default_model()
     if pulled is not None:
         return pulled
-    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "default.pt"
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "default.pt"
     if shipped.is_file():
         return shipped
     gone = default_name()

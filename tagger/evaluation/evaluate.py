@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from tagger import metrics
 from tagger.data.clips import Clips, from_examples, open_clips
 from tagger.data.manifests import Example, Manifest
 from tagger.errors import TaggerError
+from tagger.evaluation import metrics
+from tagger.inference.predict import FileError, PredictOptions, predict_clips
+from tagger.inference.runtime import Scorer
 from tagger.labels import LabelSet
-from tagger.predict import FileError, PredictOptions, predict_clips
-from tagger.runtime import Tagger
 
 ON_ERROR = ("fail", "skip")
 PER_CLASS_COLUMNS = ("index", "id", "name", "positives", "AP", "AUC", "d_prime")
@@ -32,7 +32,7 @@ PREDICTION_ARRAYS = ("ids", "paths", "probabilities", "logits", "targets", "labe
 class EvaluationResult:
     """What one evaluation produced. Rows of the arrays follow `ids`, columns follow `labels`."""
 
-    metrics: dict[str, Any]  # clips, skipped, classes, then tagger.metrics.summarize
+    metrics: dict[str, Any]  # clips, skipped, classes, then tagger.evaluation.metrics.summarize
     per_class: list[dict[str, Any]]  # one row per class: PER_CLASS_COLUMNS
     ids: list[str]
     paths: list[Path]
@@ -78,14 +78,14 @@ class EvaluationResult:
 
     def plot(self, path: str | Path, title: str = "") -> Path:
         """PNG: headline metrics, AP of the best and worst classes, and a confusion matrix for single-label sets."""
-        from tagger.report_plots import confusion_matrix, plot_evaluation
+        from tagger.evaluation.plots import confusion_matrix, plot_evaluation
 
         confusion = confusion_matrix(self.targets, self.probabilities) if "accuracy" in self.metrics else None
         return plot_evaluation(self.metrics, self.per_class, path, confusion, title or self.model)
 
 
 def evaluate(
-    tagger: Tagger,
+    tagger: Scorer,
     data: str | Path | Clips | Manifest | Sequence[Example],
     *,
     labels: LabelSet | str | Path | None = None,
