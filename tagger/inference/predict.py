@@ -14,6 +14,7 @@ import glob
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +211,24 @@ def predict_clips(
         paths = clips.audio.paths
         inputs = [_FileInput(Path(paths[i])) for i in range(len(clips))]
     else:
-        inputs = [_StoredInput(clips, i) for i in range(len(clips))]
+        inputs = [_MemoryInput(partial(clips.load, i), clips.where(i)) for i in range(len(clips))]
     yield from _predict(tagger, inputs, options, on_error, on_note)
+
+
+def predict_arrays(
+    tagger: Scorer,
+    waves: Sequence[np.ndarray],
+    sample_rate: int,
+    options: PredictOptions = PredictOptions(),
+    names: Sequence[str] | None = None,
+) -> Iterator[FileResult]:
+    """Score waveforms held in memory ((S,) float arrays at `sample_rate`, resampled to the model's rate(s)) as
+    files of the same audio would be scored. FileResult.path is `names[i]`, else "array-i"."""
+    names = [f"array-{i}" for i in range(len(waves))] if names is None else names
+    inputs = [_MemoryInput(partial(audio.resample, wave, sample_rate), name)
+              for wave, name in zip(waves, names, strict=True)]
+    for _, result in _predict(tagger, inputs, options):
+        yield result
 
 
 class _FileInput:
@@ -232,20 +249,19 @@ class _FileInput:
         return tagger.array_windows(tagger.crop(tagger.read(self.path), options.clip_seconds), window, hop)
 
 
-class _StoredInput:
-    """A clip of a stored data set: there is no file to stream, so it is decoded whole (stored clips are short)
-    and windowed in memory; `audio.array_windows` cuts the windows `iter_windows` would stream."""
+class _MemoryInput:
+    """Audio with no file to stream: a clip of a stored data set, or an array. It is decoded (or resampled) whole,
+    once per model rate, and windowed in memory: `audio.array_windows` cuts the windows `iter_windows` would
+    stream. `load(rate)` gives the waveform at `rate`."""
 
-    def __init__(self, clips: Clips, index: int):
-        self.clips, self.index = clips, index
-        self.path = clips.where(index)
+    def __init__(self, load: Callable[[int], np.ndarray], name):
+        self.load, self.path = load, name
         self.wave: Wave | None = None
 
     def _decode(self, tagger: Scorer) -> Wave:
         if self.wave is None:
-            load, index = self.clips.load, self.index
-            self.wave = (tuple(load(index, rate) for rate in tagger.rates) if tagger.multirate
-                         else load(index, tagger.sample_rate))
+            self.wave = (tuple(self.load(rate) for rate in tagger.rates) if tagger.multirate
+                         else self.load(tagger.sample_rate))
         return self.wave
 
     def duration(self, tagger: Scorer) -> float:
@@ -263,7 +279,7 @@ class _StoredInput:
         return tagger.array_windows(wave, window, hop)
 
 
-_Input = _FileInput | _StoredInput
+_Input = _FileInput | _MemoryInput
 
 
 def _predict(

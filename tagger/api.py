@@ -1,0 +1,269 @@
+"""The public Python API: load a model, tag audio, embed it; import, train and evaluate as the CLI does.
+
+Everything a library user needs is here and exported from `tagger` (see docs/api.md); every other module is
+internal and may change. The CLI calls these same functions, so a script and a command give the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagger.errors import TaggerError
+from tagger.inference.events import EventRule
+from tagger.inference.predict import FileResult, PredictOptions, expand_inputs, predict_arrays, predict_files
+from tagger.inference.runtime import Scorer
+
+__all__ = ["Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "load", "resume",
+           "train"]
+
+Audio = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class Label:
+    """One class and its score (a probability: sigmoid for multi-label models, softmax for single-label ones)."""
+
+    name: str
+    id: str
+    score: float
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.score:.3f}"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A class sounding from `onset` to `offset` seconds; `score` is its highest frame score."""
+
+    name: str
+    id: str
+    onset: float
+    offset: float
+    score: float
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.onset:.2f}-{self.offset:.2f} s ({self.score:.3f})"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model says about one clip.
+
+    labels: the best `top_k` classes (all with top_k=0), best first, only those >= threshold when one was given.
+    scores: every class's score, in the model's label order (`Tagger.labels`).
+    events: detected events, by onset; None unless asked for with events=...
+    embedding: the clip embedding (D,); None unless asked for with embedding=True.
+    """
+
+    source: str
+    duration: float
+    labels: list[Label]
+    scores: np.ndarray
+    events: list[Event] | None = None
+    embedding: np.ndarray | None = None
+
+    def __str__(self) -> str:
+        lines = [f"{self.source} ({self.duration:.2f} s)"]
+        width = max((len(label.name) for label in self.labels), default=0)
+        lines += [f"  {label.name:<{width}}  {label.score:.3f}" for label in self.labels]
+        if self.events is not None:
+            lines.append(f"  events: {len(self.events) or 'none'}")
+            lines += [f"    {event}" for event in self.events]
+        return "\n".join(lines)
+
+
+class Tagger:
+    """A loaded model (a tagger checkpoint or an ensemble) ready to tag audio files and arrays.
+
+    Make one with `tagger.load`. `labels` are the class names in score order, `sample_rate` the rate the model
+    works at (arrays at another rate are resampled).
+    """
+
+    def __init__(self, scorer: Scorer):
+        self._scorer = scorer
+
+    @property
+    def labels(self) -> list[str]:
+        return [self._scorer.labels.name_of(i) for i in range(self._scorer.num_classes)]
+
+    @property
+    def label_ids(self) -> list[str]:
+        return [self._scorer.labels.id_of(i) for i in range(self._scorer.num_classes)]
+
+    @property
+    def sample_rate(self) -> int:
+        return self._scorer.sample_rate
+
+    @property
+    def frame_level(self) -> bool:
+        """Whether events come from the model's own frame scores (else from windows of 2 s every 0.5 s)."""
+        return self._scorer.frame_level
+
+    @property
+    def source(self) -> str:
+        return self._scorer.source
+
+    @property
+    def device(self) -> str:
+        return str(self._scorer.device)
+
+    def __repr__(self) -> str:
+        return (f"Tagger({self.source!r}: {self._scorer.model.arch or 'ensemble'}, {len(self.labels)} classes, "
+                f"{self.sample_rate} Hz, {self.device})")
+
+    def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None, top_k: int = 5,
+                threshold: float | None = None, events: bool | EventRule = False, embedding: bool = False,
+                window: float | None = None, hop: float | None = None, batch_size: int = 8,
+                ) -> Prediction | list[Prediction]:
+        """Tag audio: a file path, a 1-D float array, or many of them (a list, a folder, a glob, a 2-D array of
+        equal-length clips). One input gives one Prediction, many give a list in input order.
+
+        sample_rate: the rate of arrays (default: the model's). top_k=0 keeps every label. events=True detects
+        events with the CLI's defaults (on at 0.5, off below 0.25, at least 0.1 s); an EventRule sets them.
+        window/hop: score sliding windows of this many seconds (long files are windowed anyway).
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise TaggerError(f"top_k must be 0 (all) or more, got {top_k!r}")
+        rule = EventRule() if events is True else (events or None)
+        options = PredictOptions(window=window, hop=hop, events=rule, batch_size=batch_size)
+        single, results = self._score(audio, sample_rate, options)
+        predictions = [self._prediction(result, top_k, threshold, embedding) for result in results]
+        return predictions[0] if single else predictions
+
+    def embed(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None) -> np.ndarray:
+        """The clip embedding: (D,) for one input, (N, D) for many (as `predict` counts inputs)."""
+        single, results = self._score(audio, sample_rate, PredictOptions())
+        rows = [result.embedding for result in results]
+        return rows[0] if single else np.stack(rows)
+
+    # ---- internals
+
+    def _score(self, audio, sample_rate: int | None, options: PredictOptions) -> tuple[bool, list[FileResult]]:
+        """(whether the input was one clip, its results)."""
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        if _is_array(audio):
+            array = _as_float_array(audio)
+            if array.ndim == 1:
+                return True, list(predict_arrays(self._scorer, [array], rate, options))
+            if array.ndim == 2:
+                return False, list(predict_arrays(self._scorer, list(array), rate, options))
+            raise TaggerError(f"an array of shape {array.shape}: give (samples,) or (clips, samples)")
+        if isinstance(audio, (str, Path)):
+            single = Path(audio).is_file()
+            return single, self._score_files([audio], options)
+        items = list(audio)
+        if all(_is_array(item) for item in items):
+            arrays = [_as_float_array(item) for item in items]
+            if any(a.ndim != 1 for a in arrays):
+                raise TaggerError("give a list of 1-D arrays (one per clip)")
+            return False, list(predict_arrays(self._scorer, arrays, rate, options))
+        if any(_is_array(item) for item in items):
+            raise TaggerError("give either file paths or arrays, not both")
+        return False, self._score_files(items, options)
+
+    def _score_files(self, items: Iterable[str | Path], options: PredictOptions) -> list[FileResult]:
+        files, problems = expand_inputs(items)
+        if problems:
+            raise TaggerError(f"{problems[0].path}: {problems[0].message}")
+        return list(predict_files(self._scorer, files, options))
+
+    def _prediction(self, result: FileResult, top_k: int, threshold: float | None, embedding: bool) -> Prediction:
+        labels, scores = self._scorer.labels, result.probabilities
+        order = np.argsort(-scores, kind="stable")
+        if top_k:
+            order = order[:top_k]
+        picked = [Label(labels.name_of(int(i)), labels.id_of(int(i)), float(scores[i])) for i in order
+                  if threshold is None or scores[i] >= threshold]
+        events = None
+        if result.events is not None:
+            events = [Event(labels.name_of(e.label), labels.id_of(e.label), e.onset, e.offset, float(e.peak))
+                      for e in result.events]
+        return Prediction(str(result.path), result.duration, picked, scores, events,
+                          result.embedding if embedding else None)
+
+
+def load(model: str | Path | None = None, device: str = "auto", precision: str = "fp32",
+         short_input: str | None = None, long_input: str | None = None) -> Tagger:
+    """Load a tagger checkpoint or ensemble (.pt) for tagging; None loads the default model ($TAGGER_MODEL, or
+    the one `tagger pull` made the default).
+
+    device: auto, cpu or cuda. precision: fp32, bf16 or fp16 (autocast). short_input / long_input: how the
+    model takes clips shorter or longer than its input where the family has a choice (`tagger predict --help`).
+    """
+    settings = {k: v for k, v in (("short_input", short_input), ("long_input", long_input)) if v is not None}
+    return Tagger(Scorer.load(model, device=device, precision=precision, input_settings=settings or None))
+
+
+def import_checkpoint(family: str, path: str | Path, out: str | Path, arch: str | None = None,
+                      labels: str | Path | None = None, task: str = "multilabel", force: bool = False):
+    """Convert an official checkpoint file (panns, psla, efficientat, ast, passt, htsat) into a tagger checkpoint
+    at `out`; `labels` names the classes (class_labels_indices.csv; AudioSet's 527 by default). Returns what was
+    written: out, arch, num_classes, parameters and notes."""
+    from tagger.labels import LabelSet
+    from tagger.weights.importing import import_checkpoint as convert
+
+    label_set = LabelSet.from_csv(labels) if labels is not None else None
+    return convert(family, path, out, arch=arch, labels=label_set, task=task, force=force)
+
+
+def train(train: str | Path, valid: str | Path, out: str | Path, arch: str | None = None,
+          recipe: str | Path | None = None, overrides: Sequence[str] = (), labels: str | Path | None = None,
+          train_folds: Sequence[int] | None = None, valid_folds: Sequence[int] | None = None,
+          audio_dir: str | Path | None = None, show_progress: bool = True):
+    """Train a model as `tagger train` does: a recipe (shipped name or TOML) and `section.key=value` overrides
+    make the config; `train`/`valid` are manifests, packs, HDF5 files or feature stores. Returns a TrainResult
+    (run_dir, epochs, steps, best, metric, last_metrics, stop_reason, seconds); checkpoints are in run_dir."""
+    from tagger.training import trainer
+    from tagger.training.config import build_config
+
+    config = build_config(None if recipe is None else str(recipe), list(overrides), arch)
+    return trainer.train(config, trainer.data_spec(train, _folds(train_folds), audio_dir),
+                         trainer.data_spec(valid, _folds(valid_folds), audio_dir), out, labels,
+                         show_progress=show_progress)
+
+
+def resume(run_dir: str | Path, show_progress: bool = True):
+    """Continue the training run in `run_dir` exactly where it stopped; a TrainResult as `train` returns."""
+    from tagger.training import trainer
+
+    return trainer.resume(run_dir, show_progress)
+
+
+def evaluate(model: str | Path | Tagger | None, data: str | Path, labels: str | Path | None = None,
+             clip_seconds: float | None = None, batch_size: int = 8, device: str = "auto", precision: str = "fp32",
+             on_progress: Callable[[int, int], None] | None = None, **options: Any):
+    """Score a labelled data set (a manifest in any format, a folder, a pack or an AudioSet HDF5 file) as
+    `tagger evaluate` does. Returns an EvaluationResult: metrics (mAP, mAUC, d', lwlrap; accuracy for single-label
+    sets), per_class rows, and the ids, probabilities, logits and targets. Further options: manifest_format,
+    folds, split, audio_dir, on_error ("fail" or "skip"), on_skip, on_note."""
+    from tagger.evaluation.evaluate import evaluate as run
+
+    scorer = model._scorer if isinstance(model, Tagger) else Scorer.load(model, device=device, precision=precision)
+    return run(scorer, data, labels=labels, clip_seconds=clip_seconds, batch_size=batch_size,
+               on_progress=on_progress, **options)
+
+
+def _folds(folds: Sequence[int] | None) -> list[int] | None:
+    return None if folds is None else [int(f) for f in folds]
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or type(value).__module__.startswith("torch")
+
+
+def _as_float_array(value) -> np.ndarray:
+    """Float32 samples; a torch tensor is moved to the CPU, integer PCM is refused (its scale is ambiguous)."""
+    if not isinstance(value, np.ndarray):
+        value = value.detach().cpu().numpy()
+    if not np.issubdtype(value.dtype, np.floating):
+        raise TaggerError(f"audio arrays must hold float samples in [-1, 1], got {value.dtype}; divide integer PCM "
+                          "by its full scale (32768 for int16)")
+    value = np.asarray(value, dtype=np.float32)
+    if not np.isfinite(value).all():
+        raise TaggerError("the audio array holds NaN or infinite samples")
+    return value
