@@ -6,8 +6,7 @@ The public API (docs/api.md): `tagger.load(path)` gives a `Tagger` that predicts
 """
 
 from tagger.errors import TaggerError
-
-__version__ = "0.1.0"
+from tagger.version import __version__
 
 _API = ("Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "load", "resume",
         "train")

@@ -13,8 +13,8 @@ from typing import Annotated, get_args
 import typer
 import typer.core
 
-from tagger import __version__
 from tagger.errors import TaggerError
+from tagger.version import __version__
 
 _KINDS = {str: "TEXT", Path: "PATH", int: "INTEGER", float: "FLOAT"}
 
@@ -371,12 +371,9 @@ def import_checkpoint_command(
 ) -> None:
     """Convert an official checkpoint (AudioSet-trained weights etc.) into a self-describing tagger checkpoint."""
     _check_format(fmt)
-    from tagger import console
-    from tagger.labels import LabelSet
-    from tagger.weights.importing import import_checkpoint
+    from tagger import api, console
 
-    label_set = LabelSet.from_csv(labels) if labels is not None else None
-    result = import_checkpoint(family, path, out, arch=arch, labels=label_set, task=task, force=force)
+    result = api.import_checkpoint(family, path, out, arch=arch, labels=labels, task=task, force=force)
     for note in result.notes:
         console.log(f"note: {note}")
     row = {"out": str(result.out), "arch": result.arch, "classes": result.num_classes,
@@ -406,9 +403,7 @@ def train_command(
 ) -> None:
     """Train a model with a paper's recipe; Ctrl-C saves and stops, --resume continues. Works under torchrun."""
     _check_format(fmt)
-    from tagger import console
-    from tagger.training import trainer
-    from tagger.training.config import build_config
+    from tagger import api, console
 
     try:
         if resume is not None:
@@ -416,17 +411,16 @@ def train_command(
                                      ("--set", set_), ("--init", init), ("--out", out)) if v]
             if given:
                 raise TaggerError(f"--resume continues with the run's saved settings; drop {', '.join(given)}")
-            result = trainer.resume(resume)
+            result = api.resume(resume)
         else:
             missing = [n for n, v in (("--train", train), ("--valid", valid), ("--out", out)) if v is None]
             if missing:
                 raise TaggerError(f"missing {', '.join(missing)}; e.g. tagger train --arch NAME --train T --valid V "
                                   "--out RUN_DIR")
             overrides = list(set_ or []) + ([f"model.init={init}"] if init else [])
-            config = build_config(recipe, overrides, arch)
-            result = trainer.train(
-                config, trainer.data_spec(train, _parse_folds(train_folds), audio_dir),
-                trainer.data_spec(valid, _parse_folds(valid_folds), audio_dir), out, labels)
+            result = api.train(train, valid, out, arch=arch, recipe=recipe, overrides=overrides, labels=labels,
+                               train_folds=_parse_folds(train_folds), valid_folds=_parse_folds(valid_folds),
+                               audio_dir=audio_dir)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":
             console.log(f"interrupted; progress saved. Continue with: tagger train --resume {resume or out}")
@@ -542,11 +536,9 @@ def evaluate_command(
     fold_list = _parse_folds(folds)
     if on_error not in ("fail", "skip"):
         raise TaggerError(f"--on-error {on_error!r} is not one of fail, skip")
-    from tagger.evaluation.evaluate import evaluate
-    from tagger.inference.runtime import Scorer
+    from tagger import api
 
-    tagger = Scorer.load(model, device=device, precision=precision,
-                         input_settings=_inputs(short_input, long_input))
+    tagger = api.load(model, device=device, precision=precision, short_input=short_input, long_input=long_input)
     notes: list[str] = []
 
     def note(path: Path, text: str) -> None:
@@ -555,7 +547,7 @@ def evaluate_command(
         notes.append(text)
 
     with console.counting("evaluating", "files") as progress:
-        result = evaluate(
+        result = api.evaluate(
             tagger, manifest, labels=labels, manifest_format=manifest_format, folds=fold_list, split=split,
             audio_dir=audio_dir, clip_seconds=clip_seconds, batch_size=batch_size, on_error=on_error,
             on_skip=lambda problem: console.log(f"skipped {problem.path}: {problem.message}"),

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tagger import __version__
 from tagger.errors import TaggerError
 from tagger.fileio import atomic_path
+from tagger.version import __version__
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger import __version__
 from tagger.errors import TaggerError
 from tagger.fileio import atomic_path, atomic_write_csv, atomic_write_json
+from tagger.version import __version__
 
 STORE_FORMAT = "tagger-feature-store"
 STORE_VERSION = 1
@@ -264,6 +264,11 @@ def finalize_store(store_dir: Path) -> dict:
     elif errors_path.exists():
         errors_path.unlink()
     return result
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is a feature store folder (extract-features' output)."""
+    return Path(path).is_dir() and (Path(path) / "store.json").is_file()
 
 
 class FeatureStore:

@@ -10,6 +10,6 @@ members.py   what the modes share: settings, hooks, checkpoints as candidates, s
 predictions_mode.py, weights_mode.py, saved.py   the three ways to build an ensemble
 run.py       the `tagger ensemble` command as a library function
 
-combine.py, model.py and store.py are what a loaded ensemble needs (they may import models and checkpoint only); the
-rest builds ensembles and may also import data, inference and evaluation.
+May import: the foundation, models, checkpoint, data, inference, evaluation. combine.py, model.py and store.py are
+what a loaded ensemble needs: they import models and checkpoint only (the loader reaches store.py by registry).
 """

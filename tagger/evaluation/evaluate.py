@@ -295,7 +295,7 @@ def encode_examples(examples: Sequence[Example], labels: LabelSet, task: str,
 def _clips(data, manifest_format: str, folds, split, audio_dir) -> tuple[Clips, list[Example], list[Example], str]:
     """(the clips to score, them as Examples for the label checks, listed but missing ones, a name for messages)."""
     if isinstance(data, (str, Path)):
-        from tagger.training.data import is_store
+        from tagger.data.store import is_store
 
         if is_store(data):
             raise TaggerError(f"{data} is a feature store; evaluate scores audio: pass the manifest it was made from")

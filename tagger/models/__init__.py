@@ -1,4 +1,12 @@
-"""Model registry: every tagger architecture by name, built with `create_model`, listed by `list_models`."""
+"""Model registry: every tagger architecture by name, built with `create_model`, listed by `list_models`.
+
+One file per family (ast, passt, htsat, psla, panns, panns_1d, efficientat) registers its models and the importer
+of its official checkpoints; base.py is the contract (waveform in, TaggerOutput out), policy.py what a model does
+with clips of any length, heads.py the pooling heads, inference.py the fused CPU path, catalog.py the zoo listing
+and releases.py the table of official weights `tagger pull` reads.
+
+May import: errors, fileio, labels, frontends, torchfile; never checkpoint or anything above it.
+"""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from tagger.augment import draw_mix_lambda, mix_waveforms, random_gain, time_rol
 from tagger.data.clips import Clips, open_clips
 from tagger.data.dataset import CachedFeatureDataset
 from tagger.data.sampling import WeightedSampler, balanced_weights_csr
-from tagger.data.store import FeatureStore
+from tagger.data.store import FeatureStore, is_store
 from tagger.data.table import ClipTable, LabelColumn, StringColumn
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
@@ -57,10 +57,6 @@ class Source:
     @property
     def cached(self) -> bool:
         return self.store is not None
-
-
-def is_store(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "store.json").is_file()
 
 
 def read_source(path: str | Path, what: str, folds: list[int] | None = None, audio_dir: str | None = None) -> Source:

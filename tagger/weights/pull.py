@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tagger import __version__
 from tagger.errors import TaggerError
 from tagger.fileio import atomic_path
 from tagger.models.releases import (
@@ -27,6 +26,7 @@ from tagger.models.releases import (
     releases,
     set_default,
 )
+from tagger.version import __version__
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
