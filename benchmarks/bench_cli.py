@@ -22,7 +22,7 @@ PYTHON = sys.executable
 CASES = {
     "tagger models --format json": [PYTHON, "-m", "tagger", "models", "--format", "json"],
     "reference: build every model on meta": [
-        PYTHON, "-c", "from tagger.models.catalog import build_catalog; build_catalog()"],
+        PYTHON, "-c", "from tagger.catalog import build_catalog; build_catalog()"],
     "tagger --help": [PYTHON, "-m", "tagger", "--help"],
     "reference: import torch": [PYTHON, "-c", "import torch"],
 }

@@ -294,7 +294,7 @@ def models_command(
     The `default` column marks each family's main AudioSet model: `--arch FAMILY` (e.g. `--arch ast`) means it."""
     _check_format(fmt)
     from tagger import console
-    from tagger.models.catalog import catalog
+    from tagger.catalog import catalog
 
     rows = catalog(family)
     if not rows:

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tagger.fileio", "tagger.console", "tagger.jobs"),
     ("tagger.labels", "tagger.audio", "tagger.frontends", "tagger.augment", "tagger.torchfile"),
     ("tagger.models",),
-    ("tagger.checkpoint",),
+    ("tagger.checkpoint", "tagger.catalog"),
     ("tagger.data",),
     ("tagger.inference",),
     ("tagger.evaluation",),

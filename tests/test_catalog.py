@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 
+from tagger.catalog import FIELDS, build_catalog, catalog
 from tagger.models import FAMILY_DEFAULTS, create_model, list_models, resolve_arch
-from tagger.models.catalog import FIELDS, build_catalog, catalog
 
 
 def test_recorded_catalog_equals_the_registry():
-    """models/catalog.json is what the registry builds; after adding a model run `python -m tagger.models.catalog`."""
+    """models/catalog.json is what the registry builds; after adding a model run `python -m tagger.catalog`."""
     assert catalog() == build_catalog()
     assert [tuple(row) for row in catalog()] == [FIELDS] * len(list_models())
 

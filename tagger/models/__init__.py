@@ -2,7 +2,7 @@
 
 One file per family (ast, passt, htsat, psla, panns, panns_1d, efficientat) registers its models and the importer
 of its official checkpoints; base.py is the contract (waveform in, TaggerOutput out), policy.py what a model does
-with clips of any length, heads.py the pooling heads, inference.py the fused CPU path, catalog.py the zoo listing
+with clips of any length, heads.py the pooling heads, inference.py the fused CPU path, catalog.json the zoo listing
 and releases.py the table of official weights `tagger pull` reads.
 
 May import: errors, fileio, labels, frontends, torchfile; never checkpoint or anything above it.

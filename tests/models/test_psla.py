@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import parity_fixture
 
+from tagger.catalog import count_parameters
 from tagger.errors import TaggerError
 from tagger.models import create_model, importer, list_models, model_entry
-from tagger.models.catalog import count_parameters
 from tagger.models.efficientnet import VARIANTS, EfficientNet, drop_connect, static_same_padding, trunk_signature
 from tagger.models.heads import AttentionPooling, MeanPooling, MultiHeadAttentionPooling
 

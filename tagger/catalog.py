@@ -1,7 +1,7 @@
 """The model zoo as `tagger models` lists it, read from models/catalog.json: listing the zoo imports no torch.
 
 The file is a record of the registry (sizes counted on the meta device); tests/test_catalog.py checks that it
-still equals what the registry builds, and `python -m tagger.models.catalog` writes it anew after a model is added.
+still equals what the registry builds, and `python -m tagger.catalog` writes it anew after a model is added.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CATALOG = Path(__file__).resolve().parent / "catalog.json"
+CATALOG = Path(__file__).resolve().parent / "models" / "catalog.json"
 FIELDS = ("name", "family", "default", "params_M", "sample_rate", "frontend", "frame_level", "description")
 
 
