@@ -157,14 +157,19 @@ class Tagger:
             single = Path(audio).is_file()
             return single, self._score_files([audio], options)
         items = list(audio)
-        if all(_is_array(item) for item in items):
-            arrays = [_as_float_array(item) for item in items]
-            if any(a.ndim != 1 for a in arrays):
-                raise TaggerError("give a list of 1-D arrays (one per clip)")
-            return False, list(predict_arrays(self._scorer, arrays, rate, options))
-        if any(_is_array(item) for item in items):
-            raise TaggerError("give either file paths or arrays, not both")
-        return False, self._score_files(items, options)
+        arrays = {k: _as_float_array(item) for k, item in enumerate(items) if _is_array(item)}
+        if not arrays:
+            return False, self._score_files(items, options)
+        if any(a.ndim != 1 for a in arrays.values()):
+            raise TaggerError("give a list of 1-D arrays (one per clip)")
+        files = {k: item for k, item in enumerate(items) if k not in arrays}
+        for item in files.values():
+            if not Path(item).is_file():
+                raise TaggerError(f"{item}: in a list that also holds arrays, give files (not folders or patterns)")
+        results = dict(zip(arrays, predict_arrays(self._scorer, list(arrays.values()), rate, options,
+                                                  names=[f"array-{k}" for k in arrays]), strict=True))
+        results.update(zip(files, self._score_files(list(files.values()), options), strict=True))
+        return False, [results[k] for k in range(len(items))]
 
     def _score_files(self, items: Iterable[str | Path], options: PredictOptions) -> list[FileResult]:
         files, problems = expand_inputs(items)
@@ -189,14 +194,33 @@ class Tagger:
 
 def load(model: str | Path | None = None, device: str = "auto", precision: str = "fp32",
          short_input: str | None = None, long_input: str | None = None) -> Tagger:
-    """Load a tagger checkpoint or ensemble (.pt) for tagging; None loads the default model ($TAGGER_MODEL, or
-    the one `tagger pull` made the default).
+    """Load a tagger checkpoint or ensemble (.pt), or a release `tagger pull` fetched ("efficientat-mn10"), for
+    tagging; None loads the default model ($TAGGER_MODEL, or the one `tagger pull` made the default).
 
     device: auto, cpu or cuda. precision: fp32, bf16 or fp16 (autocast). short_input / long_input: how the
     model takes clips shorter or longer than its input where the family has a choice (`tagger predict --help`).
     """
     settings = {k: v for k, v in (("short_input", short_input), ("long_input", long_input)) if v is not None}
-    return Tagger(Scorer.load(model, device=device, precision=precision, input_settings=settings or None))
+    path = None if model is None else _model_path(model)
+    return Tagger(Scorer.load(path, device=device, precision=precision, input_settings=settings or None))
+
+
+def _model_path(model: str | Path) -> Path:
+    """A checkpoint path as given, or the cached checkpoint of a release `tagger pull` fetched ("efficientat-mn10")."""
+    path = Path(model)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    from tagger.models.releases import find_release, pulled_path
+
+    try:
+        release = find_release(str(model))
+    except TaggerError:
+        return path  # not a release name either: the loader says the file is missing
+    pulled = pulled_path(release.name)
+    if not pulled.is_file():
+        raise TaggerError(f"{model}: the release {release.name} is not downloaded yet; "
+                          f"run `tagger pull {release.name}`")
+    return pulled
 
 
 def import_checkpoint(family: str, path: str | Path, out: str | Path, arch: str | None = None,
