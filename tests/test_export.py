@@ -182,17 +182,17 @@ def test_exportable_replaces_every_frontend_module(ckpt_dir):
 @pytest.mark.slow
 def test_onnx_falls_back_to_fewer_dynamic_axes(ckpt_dir, tmp_path, monkeypatch):
     """A graph right at the export shape but wrong at another is re-exported less dynamic, then fixed."""
-    import tagger.export as export
+    import tagger.export.onnx as onnx_export
 
     calls = []
-    real = export._check_onnx
+    real = onnx_export._check_onnx
 
     def pretend_other_shapes_fail(*args):
         diffs = real(*args)
         calls.append(len(diffs))
         return [diffs[0]] + [float("inf")] * (len(diffs) - 1)
 
-    monkeypatch.setattr(export, "_check_onnx", pretend_other_shapes_fail)
+    monkeypatch.setattr(onnx_export, "_check_onnx", pretend_other_shapes_fail)
     report = export_model(make_checkpoint(ckpt_dir, "panns-leenet11"), "onnx", tmp_path / "m.onnx", seconds=0.5)
     # (batch, samples) dynamic: the export shape, batch 3 and two other lengths; then the batch only; then fixed
     assert calls == [4, 2, 1]
@@ -226,9 +226,9 @@ def test_torchscript_round_trip(ckpt_dir, tmp_path):
 
 
 def test_no_check_writes_without_running(ckpt_dir, tmp_path, monkeypatch):
-    import tagger.export as export
+    import tagger.export.torchscript as torchscript_export
 
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # would fail any check that ran
+    monkeypatch.setattr(torchscript_export, "TOLERANCE", -1.0)  # would fail any check that ran
     report = export_model(make_checkpoint(ckpt_dir, "panns-leenet11"), "torchscript", tmp_path / "m.pt",
                           seconds=0.5, check=False)
     assert report.max_abs_diff is None and report.row()["max_abs_diff"] == "not checked"
@@ -320,12 +320,12 @@ def test_load_safetensors_refuses_foreign_files(tmp_path):
 
 
 def test_failed_check_leaves_the_old_file_and_no_temporaries(ckpt_dir, tmp_path, monkeypatch):
-    import tagger.export as export
+    import tagger.export.torchscript as torchscript_export
 
     ckpt = make_checkpoint(ckpt_dir, "panns-leenet11")
     out = tmp_path / "model.pt"
     out.write_text("the previous export")
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference, even 0, now fails the check
+    monkeypatch.setattr(torchscript_export, "TOLERANCE", -1.0)  # any difference, even 0, now fails the check
     with pytest.raises(TaggerError, match="differs from PyTorch by"):
         export_model(ckpt, "torchscript", out, seconds=0.5)
     assert out.read_text() == "the previous export"
