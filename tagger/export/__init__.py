@@ -15,8 +15,8 @@ report.py       ExportReport, what an export wrote
 
 Imports run one way: the format modules (onnx, torchscript, safetensors) build on the shared ones, which never
 import a format module; only run.py and this file import the formats, and no module here imports this file.
-Outside the package, export imports only tagger.errors, fileio, frontends, labels, models, models.policy,
-torchfile and checkpoint (and tagger's version), never inference, evaluation, training or the CLI.
+May import: errors, version, fileio, frontends, labels, models (and models.policy), torchfile and checkpoint;
+never inference, evaluation, training or the CLI.
 Names with a leading underscore are shared between these modules, not part of the API (`__all__` below).
 """
 
