@@ -98,6 +98,7 @@ def main() -> None:
     print("\nTagging files: the trained model on three test clips.")
     clips = [test.parent / row["path"] for row in _rows(test)]
     run("predict", *map(str, clips[-3:]), "--model", model, "--top-k", "3")
+    python_demo(model, clips[-1])
     events = events_demo(test, OUT / "recording", model)
     teacher, enhanced = enhance_labels_demo(OUT / "weak")
     wa_line, greedy = ensembles_demo(data, test, OUT / "runs", OUT / "ensembles", reports)
@@ -108,6 +109,25 @@ def main() -> None:
            [wa_line, events, teacher, enhanced])
     print(f"\nDone. Audio, feature stores, training runs (metrics.csv, curves.png, best.pt), evaluations, the timeline "
           f"plot, the label-enhancement report and the ensembles are in {OUT}/")
+
+
+PYTHON_DEMO = """import soundfile as sf, torch, tagger, tagger.hear
+t = tagger.load("{model}")
+print(t.predict("{clip}", top_k=3))
+wave, rate = sf.read("{clip}", dtype="float32")
+hear = tagger.hear.load_model("{model}")
+audio = torch.from_numpy(wave[None, :rate])  # HEAR: (sounds, samples) at the model's rate
+embeddings, ms = tagger.hear.get_timestamp_embeddings(audio, hear)
+print("HEAR scene", tuple(tagger.hear.get_scene_embeddings(audio, hear).shape), "timestamp", tuple(embeddings.shape),
+      "at", ms[0, :3].tolist(), "... ms")"""
+
+
+def python_demo(model: str, clip: Path) -> None:
+    """The same model from Python: the public API (docs/api.md) and the HEAR API (docs/hear.md)."""
+    print("\nThe same from Python, with the public API (docs/api.md) and the HEAR API (docs/hear.md):")
+    code = PYTHON_DEMO.format(model=model, clip=clip)
+    print("\n".join(("  ... " if line[:1] == " " else "  >>> ") + line for line in code.splitlines()), flush=True)
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def held_out(data: Path, test_set: Path) -> Path:
