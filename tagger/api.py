@@ -201,26 +201,7 @@ def load(model: str | Path | None = None, device: str = "auto", precision: str =
     model takes clips shorter or longer than its input where the family has a choice (`tagger predict --help`).
     """
     settings = {k: v for k, v in (("short_input", short_input), ("long_input", long_input)) if v is not None}
-    path = None if model is None else _model_path(model)
-    return Tagger(Scorer.load(path, device=device, precision=precision, input_settings=settings or None))
-
-
-def _model_path(model: str | Path) -> Path:
-    """A checkpoint path as given, or the cached checkpoint of a release `tagger pull` fetched ("efficientat-mn10")."""
-    path = Path(model)
-    if path.exists() or path.suffix or len(path.parts) > 1:
-        return path
-    from tagger.models.releases import find_release, pulled_path
-
-    try:
-        release = find_release(str(model))
-    except TaggerError:
-        return path  # not a release name either: the loader says the file is missing
-    pulled = pulled_path(release.name)
-    if not pulled.is_file():
-        raise TaggerError(f"{model}: the release {release.name} is not downloaded yet; "
-                          f"run `tagger pull {release.name}`")
-    return pulled
+    return Tagger(Scorer.load(model, device=device, precision=precision, input_settings=settings or None))
 
 
 def import_checkpoint(family: str, path: str | Path, out: str | Path, arch: str | None = None,

@@ -80,7 +80,8 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 PrecisionOption = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")]
 SplitOption = Annotated[str | None, typer.Option(help="FSD50K dev.csv split: train or val.")]
 ManifestFormatOption = Annotated[str, typer.Option(help="Manifest format, or auto.")]
-ModelOption = Annotated[Path | None, typer.Option(help="Tagger checkpoint or ensemble (.pt); default: $TAGGER_MODEL.")]
+ModelOption = Annotated[Path | None, typer.Option(
+    help="Tagger checkpoint or ensemble (.pt), or a pulled release's name; default: $TAGGER_MODEL.")]
 AudioDirOption = Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")]
 ShortInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips under 5.12 s: tile (official inference) or "
                                                       "stretch (official evaluation); default: the checkpoint's.")]

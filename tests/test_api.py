@@ -131,3 +131,24 @@ def test_a_real_imported_checkpoint_hears_speech(tmp_path):
     assert "Speech" in [label.name for label in speech.labels]
     typing = t.predict(samples / "typing.wav", top_k=5)
     assert {"Computer keyboard", "Typing"} & {label.name for label in typing.labels}
+
+
+def test_a_pulled_release_loads_by_name_from_the_api_and_every_scoring_command(setup, tmp_path):
+    import shutil
+
+    from tagger.models.releases import pulled_path
+
+    target = pulled_path("efficientat-mn01")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(setup / "model.pt", target)
+    try:
+        t = tagger.load("mn01", device="cpu")  # short names resolve as `tagger pull` resolves them
+        assert t.source == str(target)
+        done = CliRunner().invoke(app, ["predict", str(setup / "a.wav"), "--model", "efficientat-mn01",
+                                        "--format", "json"])
+        assert done.exit_code == 0, done.output
+        (tmp_path / "m.csv").write_text(f"path,labels\n{setup / 'a.wav'},Speech\n{setup / 'b.wav'},Music\n")
+        done = CliRunner().invoke(app, ["evaluate", str(tmp_path / "m.csv"), "--model", "efficientat-mn01"])
+        assert done.exit_code == 0, done.output
+    finally:
+        target.unlink()

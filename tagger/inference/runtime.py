@@ -78,7 +78,7 @@ class Scorer:
              input_settings: Mapping[str, str | None] | None = None) -> Scorer:
         from tagger.checkpoint import load_model
 
-        path = default_checkpoint() if path is None else Path(path)
+        path = default_checkpoint() if path is None else model_path(path)
         model, meta = load_model(path)
         return cls(model, meta["labels"], meta.get("task", "multilabel"), device, precision, fast, str(path),
                    input_settings)
@@ -242,6 +242,24 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def model_path(model: str | Path) -> Path:
+    """A checkpoint path as given, or the cached checkpoint of a release `tagger pull` fetched ("efficientat-mn10")."""
+    path = Path(model)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    from tagger.models.releases import find_release, pulled_path
+
+    try:
+        release = find_release(str(model))
+    except TaggerError:
+        return path  # not a release name either: the loader says the file is missing
+    pulled = pulled_path(release.name)
+    if not pulled.is_file():
+        raise TaggerError(f"{model}: the release {release.name} is not downloaded yet; "
+                          f"run `tagger pull {release.name}`")
+    return pulled
 
 
 def default_checkpoint() -> Path:
