@@ -471,6 +471,8 @@ def predict_command(
     offset_threshold: Annotated[float | None, typer.Option(help="... and ends below this (default: half).")] = None,
     min_duration: Annotated[float, typer.Option(help="Drop events shorter than this (seconds).")] = 0.1,
     min_gap: Annotated[float, typer.Option(help="Merge same-label events closer than this (seconds).")] = 0.0,
+    median_filter: Annotated[float, typer.Option(help="Median-filter frame scores over this many seconds before "
+                                                 "thresholding (0: off).")] = 0.0,
     plot: Annotated[Path | None, typer.Option(help="PNG heat-map of the top classes over time.")] = None,
     embeddings: Annotated[str | None, typer.Option(help="Write embeddings: a .npy/.npz file, or 'json'.")] = None,
     short_input: ShortInputOption = None,
@@ -487,7 +489,8 @@ def predict_command(
         summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
                               window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,
                               onset=onset_threshold, offset=offset_threshold, min_duration=min_duration,
-                              min_gap=min_gap, input_settings=_inputs(short_input, long_input))
+                              min_gap=min_gap, median_filter=median_filter,
+                              input_settings=_inputs(short_input, long_input))
     except KeyboardInterrupt:
         kept = "" if output is None else f"; {output} was left as it was"
         console.log(f"interrupted after {sink.count} files{kept}")

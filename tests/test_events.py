@@ -20,12 +20,13 @@ def track(values, rule=EventRule(on=0.5, off=0.3, min_duration=0.0), duration=No
 def reference(scores: np.ndarray, fs: float, rule: EventRule, duration: float | None = None) -> list[Event]:
     """The rule spelled out frame by frame, class by class: slow and obviously right."""
     events = []
+    on_all, off_all = rule.thresholds(scores.shape[1])
     for label in range(scores.shape[1]):
-        runs, start = [], None
+        runs, start, on, off = [], None, on_all[label], off_all[label]
         for k, value in enumerate(scores[:, label].tolist()):
-            if start is None and value >= rule.on:
+            if start is None and value >= on:
                 start, peak = k, value
-            elif start is not None and value < rule.off:
+            elif start is not None and value < off:
                 runs.append([start, k, peak])
                 start = None
             elif start is not None:
@@ -232,3 +233,78 @@ def test_scores_exactly_at_the_thresholds_match_the_reference(on, off):
     tracker = EventTracker(5, 0.01, rule)
     streamed = [e for at in range(0, 400, 13) for e in tracker.update(scores[at : at + 13])] + tracker.finish()
     assert sorted(streamed, key=lambda e: (e.onset, e.label)) == expected
+
+
+# ------------------------------------------------------------------------------------------ per-class thresholds
+
+
+def test_per_class_thresholds_act_class_by_class_and_match_the_reference():
+    scores = smooth_noise(400, 4, seed=7)
+    rule = EventRule(on=(0.5, 0.7, 0.95, 0.55), off=(0.3, 0.6, 0.5, 0.1), min_duration=0.02)
+    found = detect_events(scores, 0.01, rule)
+    assert found == reference(scores, 0.01, rule)
+    for label in range(4):  # each class alone, with its own scalar thresholds, gives the same events
+        alone = EventRule(on=rule.on[label], off=rule.off[label], min_duration=0.02)
+        mine = [Event(0, e.onset, e.offset, e.peak) for e in found if e.label == label]
+        assert detect_events(scores[:, [label]], 0.01, alone) == mine
+    assert {e.label for e in found} >= {0, 3}
+
+
+def test_per_class_rules_fill_in_and_check_their_values():
+    rule = EventRule(on=[0.6, 0.8])
+    assert rule.on == (0.6, 0.8) and rule.off == (0.3, 0.4)
+    assert EventRule(on=0.6, off=(0.1, 0.2, 0.3)).on == (0.6, 0.6, 0.6)
+    assert rule.to_dict() == {"on": [0.6, 0.8], "off": [0.3, 0.4], "median_filter": 0.0, "min_gap": 0.0,
+                              "min_duration": 0.1}
+    for kwargs, message in ((dict(on=(0.5, 0.6), off=(0.1, 0.2, 0.3)), "3 classes need one each"),
+                            (dict(on=(0.5, 0.6), off=(0.1, 0.7)), "off\\[1\\]=0.7 is invalid"),
+                            (dict(on=()), "empty list")):
+        with pytest.raises(TaggerError, match=message):
+            EventRule(**kwargs)
+    with pytest.raises(TaggerError, match="2 per-class thresholds for a model with 3 classes"):
+        detect_events(np.zeros((5, 3)), 0.1, rule)
+
+
+# ------------------------------------------------------------------------------------------ median filter
+
+
+@pytest.mark.parametrize("width", [3, 5, 11])
+def test_the_streamed_median_filter_equals_scipy_on_the_whole_array(width):
+    from scipy.ndimage import median_filter
+
+    rng = np.random.default_rng(width)
+    for frames in (1, width // 2, width, 3 * width + 2, 200):
+        scores = rng.random((frames, 3)).astype(np.float32)
+        expected = median_filter(scores, size=(width, 1), mode="reflect")
+        smoother, parts, at = events.MedianSmoother(width), [], 0
+        while at < frames:
+            size = int(rng.integers(0, 7))
+            parts.append(smoother.update(scores[at : at + size]))
+            at += size
+        parts.append(smoother.finish())
+        got = np.concatenate([part.reshape(-1, 3) for part in parts])
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_median_filtering_removes_a_one_frame_dropout_and_a_one_frame_spike():
+    scores = np.array([0.9, 0.9, 0.1, 0.9, 0.9, 0.0, 0.0, 0.95, 0.0, 0.0])
+    plain = EventRule(on=0.5, off=0.3, min_duration=0.0)
+    assert len(track(scores, plain)) == 3
+    smoothed = EventRule(on=0.5, off=0.3, min_duration=0.0, median_filter=0.3)  # 3 frames of 0.1 s
+    assert smoothed.median_frames(FS) == 3 and EventRule(median_filter=0.2).median_frames(FS) == 3
+    assert track(scores, smoothed) == [Event(0, 0.0, 0.5, 0.9)]
+
+
+def test_a_median_filtered_tracker_fed_in_chunks_equals_filtering_then_detecting():
+    from scipy.ndimage import median_filter
+
+    scores = smooth_noise(500, 5, seed=3)
+    rule = EventRule(on=0.6, off=0.4, min_duration=0.02, min_gap=0.03, median_filter=0.07)
+    width = rule.median_frames(0.01)
+    unfiltered = EventRule(on=0.6, off=0.4, min_duration=0.02, min_gap=0.03)
+    expected = detect_events(median_filter(scores, size=(width, 1), mode="reflect"), 0.01, unfiltered, 4.99)
+    tracker, found = EventTracker(5, 0.01, rule, 4.99), []
+    for start in range(0, 500, 37):
+        found += tracker.update(scores[start : start + 37])
+    found += tracker.finish()
+    assert sorted(found, key=lambda e: (e.onset, e.label)) == expected and len(expected) > 3

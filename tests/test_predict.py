@@ -455,6 +455,11 @@ def test_htsat_tiled_events_stay_inside_the_clip(tmp_path, htsat_checkpoint):
     (tiled,) = json.loads(result.stdout)
     assert [(e["label"], e["onset"]) for e in tiled["events"]] == [("Loud", 0.0)]
     assert tiled["events"][0]["offset"] <= 3.0
+    assert tiled["event_rule"] == {"on": 0.5, "off": 0.25, "median_filter": 0.0, "min_gap": 0.0, "min_duration": 0.1}
+    result = invoke(clip, "--model", htsat_checkpoint, "--format", "json", "--events", "--median-filter", "0.5")
+    assert result.exit_code == 0, result.output
+    (smoothed,) = json.loads(result.stdout)
+    assert smoothed["event_rule"]["median_filter"] == 0.5 and smoothed["events"][0]["label"] == "Loud"
     result = invoke(clip, "--model", htsat_checkpoint, "--format", "json", "--top-k", "0", "--short-input", "stretch")
     assert result.exit_code == 0, result.output
     (stretched,) = json.loads(result.stdout)

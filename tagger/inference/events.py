@@ -1,4 +1,9 @@
-"""Sound events from frame-level class scores: hysteresis thresholds, streamed over overlapping windows.
+"""Sound events from frame-level class scores: the one post-processing that predict and evaluation share.
+
+Frame scores are median-filtered (optional, `median_filter` seconds), then each class switches on at its `on`
+threshold and off below its `off` threshold (hysteresis; one value for all classes or one per class), short gaps are
+merged and short events dropped. Everything streams over overlapping windows, so a recording of any length is
+processed in bounded memory and gives the events of the whole score array.
 
 Timing: frame k covers [k * frame_seconds, (k + 1) * frame_seconds). An event that switches on at frame a and off at
 frame b (the first frame whose score is below `off`) spans [a * frame_seconds, b * frame_seconds), clipped to the
@@ -32,20 +37,78 @@ class Event:
 
 @dataclass(frozen=True)
 class EventRule:
-    """When a class counts as sounding: on at `on`, off below `off` (default on/2), then gap merging and length."""
+    """When a class counts as sounding, all in seconds and probabilities.
 
-    on: float = 0.5
-    off: float | None = None
+    on / off: switch on at `on`, off below `off` (default on/2); a number for every class, or a tuple with one per
+        class (thresholds tuned per class).
+    median_filter: width in seconds of a median filter over each class's frame scores before thresholding (0: none),
+        as the DCASE baselines smooth; it becomes an odd number of frames, at least 1.
+    min_gap: same-class events closer than this merge; min_duration: shorter events are then dropped.
+    """
+
+    on: float | tuple[float, ...] = 0.5
+    off: float | tuple[float, ...] | None = None
     min_duration: float = 0.1
     min_gap: float = 0.0
+    median_filter: float = 0.0
 
     def __post_init__(self) -> None:
-        _check("on", self.on, lambda v: 0 < v <= 1, "a number in (0, 1]")
-        if self.off is None:
-            object.__setattr__(self, "off", self.on / 2)
-        _check("off", self.off, lambda v: 0 <= v <= self.on, f"a number in [0, on={self.on:g}]")
+        if isinstance(self.on, (tuple, list)) or isinstance(self.off, (tuple, list)):
+            on = _values("on", self.on)
+            off = tuple(v / 2 for v in on) if self.off is None else _values("off", self.off)
+            count = max(len(on), len(off))
+            on, off = _stretch("on", on, count), _stretch("off", off, count)
+            for k, (high, low) in enumerate(zip(on, off, strict=True)):
+                _check(f"on[{k}]", high, lambda v: 0 < v <= 1, "a number in (0, 1]")
+                _check(f"off[{k}]", low, lambda v, high=high: 0 <= v <= high, f"a number in [0, on={high:g}]")
+            object.__setattr__(self, "on", on)
+            object.__setattr__(self, "off", off)
+        else:
+            _check("on", self.on, lambda v: 0 < v <= 1, "a number in (0, 1]")
+            if self.off is None:
+                object.__setattr__(self, "off", self.on / 2)
+            _check("off", self.off, lambda v: 0 <= v <= self.on, f"a number in [0, on={self.on:g}]")
         _check("min_duration", self.min_duration, lambda v: v >= 0, "a number of seconds >= 0")
         _check("min_gap", self.min_gap, lambda v: v >= 0, "a number of seconds >= 0")
+        _check("median_filter", self.median_filter, lambda v: v >= 0, "a number of seconds >= 0")
+
+    def thresholds(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(on, off) as (C,) arrays for a model with `num_classes` classes."""
+        on, off = np.asarray(self.on, np.float64), np.asarray(self.off, np.float64)
+        if on.ndim and on.size != num_classes:
+            raise TaggerError(f"event rule has {on.size} per-class thresholds for a model with {num_classes} classes")
+        return np.broadcast_to(on, (num_classes,)).copy(), np.broadcast_to(off, (num_classes,)).copy()
+
+    def median_frames(self, frame_seconds: float) -> int:
+        """The median filter's width in frames: odd, at least 1 (1: no filtering)."""
+        frames = max(1, round(self.median_filter / frame_seconds))
+        return frames if frames % 2 else frames + 1
+
+    def to_dict(self) -> dict:
+        """The rule as results record it (JSON-ready)."""
+        return {"on": _plain(self.on), "off": _plain(self.off), "median_filter": self.median_filter,
+                "min_gap": self.min_gap, "min_duration": self.min_duration}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _values(name: str, values) -> tuple:
+    """One threshold, or one per class, as a tuple (checked one by one afterwards)."""
+    values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
+    if not values:
+        raise TaggerError(f"event rule {name}: an empty list of per-class thresholds")
+    return values
+
+
+def _stretch(name: str, values: tuple, count: int) -> tuple:
+    """A single value stands for every class; otherwise there must be `count` of them."""
+    if len(values) == count:
+        return values
+    if len(values) == 1:
+        return values * count
+    raise TaggerError(f"event rule {name}: {len(values)} thresholds where {count} classes need one each")
 
 
 def _check(name: str, value: object, ok, want: str) -> None:
@@ -125,6 +188,46 @@ class Stitcher:
         return ready
 
 
+class MedianSmoother:
+    """A median filter along time over (N, C) frames fed in chunks, equal to filtering the whole array at once.
+
+    The ends are extended by reflection (the last frame repeated first, as scipy.ndimage.median_filter's default
+    "reflect" mode does), so the output has as many frames as the input, delayed by half the width until `finish`.
+    """
+
+    def __init__(self, width: int):
+        if width < 1 or width % 2 == 0:
+            raise TaggerError(f"median filter width {width} must be an odd number of frames")
+        self.half = width // 2
+        self._held: np.ndarray | None = None  # frames not yet output, with the reflected head once it is known
+        self._started = False
+
+    def update(self, frames: np.ndarray) -> np.ndarray:
+        held = frames if self._held is None else np.concatenate([self._held, frames])
+        if not self._started:
+            if len(held) < self.half + 1:  # the head's reflection needs this many frames
+                self._held = held
+                return held[:0]
+            held = np.concatenate([held[: self.half][::-1], held])
+            self._started = True
+        ready = len(held) - 2 * self.half
+        self._held = held[max(ready, 0):]
+        return self._median(held) if ready > 0 else held[:0]
+
+    def finish(self) -> np.ndarray:
+        held, self._held = self._held, None
+        if held is None or not len(held):
+            return np.zeros((0, 0))
+        if not self._started:  # fewer frames than half the width: reflect as often as needed, as np.pad does
+            return self._median(np.pad(held, ((self.half, self.half), (0, 0)), mode="symmetric"))
+        tail = held[len(held) - self.half:][::-1] if self.half else held[:0]
+        return self._median(np.concatenate([held, tail]))
+
+    def _median(self, padded: np.ndarray) -> np.ndarray:
+        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * self.half + 1, axis=0)
+        return np.median(windows, axis=-1).astype(padded.dtype, copy=False)
+
+
 class EventTracker:
     """Hysteresis event detection fed frames in chunks, so events that span chunk or window boundaries stay whole.
 
@@ -141,6 +244,9 @@ class EventTracker:
         self.num_classes = c = int(num_classes)
         self.frame_seconds = float(frame_seconds)
         self.rule = rule
+        self._on, self._off = rule.thresholds(c)
+        width = rule.median_frames(self.frame_seconds)
+        self._smoother = MedianSmoother(width) if width > 1 else None
         self.duration = None if duration is None else float(duration)
         self.frames_seen = 0
         # Per class: the open event (onset frame, running peak) and the last closed one, held while it may still merge.
@@ -152,10 +258,10 @@ class EventTracker:
     def update(self, frames: np.ndarray) -> list[Event]:
         """Consume the next (N, C) frames (time continues from the previous call); return the events now final."""
         frames = _frames(frames, self.num_classes, "frame scores")
+        if self._smoother is not None:
+            frames = self._smoother.update(frames)
         out: list[_Runs] = []
-        step = max(1, _BLOCK // self.num_classes)
-        for i in range(0, len(frames), step):
-            self._block(frames[i : i + step], out)
+        self._blocks(frames, out)
         # A held event is final once even an onset at the very next frame would be min_gap or more away.
         gap = (self.frames_seen - self._held_off) * self.frame_seconds
         self._release(self._held & (gap >= self.rule.min_gap - self._eps), out)
@@ -163,21 +269,27 @@ class EventTracker:
 
     def finish(self) -> list[Event]:
         """Close the events still open at the end (offsets clipped to `duration`); call once, after the last update."""
+        out: list[_Runs] = []
+        if self._smoother is not None:  # the frames the filter still holds
+            self._blocks(self._smoother.finish(), out)
         opened = self._open
         self._held[opened], self._held_on[opened] = True, self._start[opened]
         self._held_off[opened], self._held_peak[opened] = self.frames_seen, self._peak[opened]
         self._open[:] = False
-        out: list[_Runs] = []
         self._release(self._held.copy(), out)
         return self._events(out)
 
+    def _blocks(self, frames: np.ndarray, out: list[_Runs]) -> None:
+        step = max(1, _BLOCK // self.num_classes)
+        for i in range(0, len(frames), step):
+            self._block(frames[i : i + step], out)
+
     def _block(self, x: np.ndarray, out: list[_Runs]) -> None:
-        rule = self.rule
         col_max, col_min = x.max(axis=0), x.min(axis=0)
         if np.isnan(col_max).any():
             raise TaggerError(f"frame scores contain NaN near frame {self.frames_seen}; check the model's output")
         # Only classes whose state can flip in this block need the per-frame work; the rest just update peaks.
-        changing = np.where(self._open, col_min < rule.off, col_max >= rule.on)
+        changing = np.where(self._open, col_min < self._off, col_max >= self._on)
         steady = self._open & ~changing
         self._peak[steady] = np.maximum(self._peak[steady], col_max[steady])
         cols = np.flatnonzero(changing)
@@ -194,8 +306,8 @@ class EventTracker:
         xt = flat[:-1].reshape(len(cols), n)
         np.take(x.T, cols, axis=0, out=xt, mode="clip")
         # Each frame takes the state of the latest decisive frame (>= on, or < off); frames in between keep it.
-        high = xt >= self.rule.on
-        last = np.where(high | (xt < self.rule.off), np.arange(n, dtype=np.int32), np.int32(-1))
+        high = xt >= self._on[cols, None]
+        last = np.where(high | (xt < self._off[cols, None]), np.arange(n, dtype=np.int32), np.int32(-1))
         np.maximum.accumulate(last, axis=1, out=last)
         was = self._open[cols]
         state = np.where(last >= 0, np.take_along_axis(high, np.maximum(last, 0), axis=1), was[:, None])

@@ -91,6 +91,7 @@ class FileResult:
     events: list[Event] | None = None
     timeline: np.ndarray | None = None  # (T, C) scores over time, pooled
     timeline_seconds: float = 0.0  # spacing of timeline rows
+    event_rule: EventRule | None = None  # how `events` were found (thresholds, filter, gaps, lengths)
 
 
 @dataclass
@@ -381,6 +382,7 @@ def _clip_result(tagger: Scorer, path: Path, duration: float, probs: np.ndarray,
         if options.events is not None:
             tracker = EventTracker(tagger.num_classes, step, options.events, duration=duration)
             result.events = sorted(tracker.update(frames) + tracker.finish(), key=lambda e: (e.onset, e.label))
+            result.event_rule = options.events
         if options.timeline:
             result.timeline, result.timeline_seconds = _pool(frames, step)
     return result
@@ -485,6 +487,7 @@ class _Track:
                             self.windows)
         if self.tracker is not None:
             result.events = sorted(self.events, key=lambda e: (e.onset, e.label))
+            result.event_rule = self.options.events
         if self.pooler is not None:
             result.timeline = self.pooler.finish()
             result.timeline_seconds = self.frame_step * self.pooler.factor

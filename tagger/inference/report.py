@@ -46,6 +46,8 @@ def file_object(result: FileResult, labels: LabelSet, selection: Selection, embe
                            "labels": selection.pick(w.probabilities, labels)} for w in result.windows]
     if result.events is not None:
         obj["events"] = [event_object(event, labels) for event in result.events]
+        if result.event_rule is not None:
+            obj["event_rule"] = result.event_rule.to_dict()
     if embedding:
         obj["embedding"] = [float(x) for x in result.embedding]
     return obj
@@ -224,14 +226,15 @@ class PredictSummary:
 def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precision: str = "fp32",
                 batch_size: int = 8, window=None, hop=None, aggregate: str = "mean", per_window: bool = False,
                 events: bool = False, onset: float = 0.5, offset=None, min_duration: float = 0.1,
-                min_gap: float = 0.0, input_settings=None) -> PredictSummary:
+                min_gap: float = 0.0, median_filter: float = 0.0, input_settings=None) -> PredictSummary:
     """What `tagger predict` does: expand inputs, load the model, score with a progress bar, write via `sink`."""
     from tagger import console
     from tagger.inference.events import EventRule
     from tagger.inference.predict import PredictOptions, expand_inputs, predict_files
     from tagger.inference.runtime import Scorer
 
-    rule = EventRule(on=onset, off=offset, min_duration=min_duration, min_gap=min_gap) if events else None
+    rule = (EventRule(on=onset, off=offset, min_duration=min_duration, min_gap=min_gap, median_filter=median_filter)
+            if events else None)
     options = PredictOptions(window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=rule,
                              timeline=sink.plot is not None, batch_size=batch_size)
     files, problems = expand_inputs(inputs)
