@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import shared_path, spread_model, tone, write_wav
 from typer.testing import CliRunner
 
 import tagger
 from tagger.checkpoint import save_checkpoint
 from tagger.cli import app
 from tagger.labels import LabelSet
-from tests.conftest import shared_path, spread_model, tone, write_wav
 
 NAMES = ["Speech", "Music", "Dog"]
 

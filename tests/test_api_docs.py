@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+from conftest import spread_model, tone, write_wav
 
 from tagger.checkpoint import save_checkpoint
 from tagger.data.synth import synthesize
 from tagger.labels import LabelSet
-from tests.conftest import spread_model, tone, write_wav
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tone
 
 from tagger.data.audioset_hdf5 import LABEL_URL, Mp3Audio, is_audioset_hdf5, open_audioset_hdf5
 from tagger.data.clips import open_clips
 from tagger.errors import TaggerError
-from tests.conftest import tone
 
 CLASSES = 527
 RATE = 32000

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import shared_path, tone
+from test_audioset_hdf5 import random_targets, write_labels, write_mp3_file, write_waveform_file
 from tiny import TINY_ARCH, tiny_overrides
 from typer.testing import CliRunner
 
 from tagger.cli import app
-from tests.conftest import shared_path, tone
-from tests.test_audioset_hdf5 import random_targets, write_labels, write_mp3_file, write_waveform_file
 
 runner = CliRunner()
 RATE = 32000
