@@ -515,3 +515,13 @@ def test_cli_ctrl_c_exits_130_and_leaves_output_alone(clips, mn01_checkpoint, tm
     result = invoke(clips["a"], "--model", mn01_checkpoint, "--output", out)
     assert result.exit_code == 130
     assert "interrupted" in result.stderr and not out.exists()
+
+
+def test_the_timeline_keeps_every_frame_when_asked_and_is_pooled_otherwise(tmp_path, htsat_checkpoint):
+    clip = write_wav(tmp_path / "three.wav", tone(3.0, RATE, 440), RATE)
+    tagger = Scorer.load(htsat_checkpoint, device="cpu")
+    (full,) = predict_files(tagger, [clip], PredictOptions(timeline=True, timeline_columns=None))
+    (pooled,) = predict_files(tagger, [clip], PredictOptions(timeline=True, timeline_columns=100))
+    assert full.timeline.shape == (300, 3) and full.timeline_seconds == pytest.approx(0.01)
+    assert pooled.timeline.shape == (100, 3) and pooled.timeline_seconds == pytest.approx(0.03)
+    np.testing.assert_array_equal(pooled.timeline, full.timeline.reshape(100, 3, 3).max(axis=1))

@@ -43,7 +43,8 @@ class PredictOptions:
     aggregate: str = "mean"
     per_window: bool = False
     events: EventRule | None = None
-    timeline: bool = False  # keep a (pooled) score timeline, for plots
+    timeline: bool = False  # keep a score timeline: for plots, and frame scores for event metrics
+    timeline_columns: int | None = TIMELINE_COLUMNS  # max-pool a longer timeline to this many rows; None: every frame
     batch_size: int = 8
     clip_seconds: float | None = None  # crop/pad every file to this length first (evaluation protocols)
     block_seconds: float = 30.0
@@ -384,7 +385,7 @@ def _clip_result(tagger: Scorer, path: Path, duration: float, probs: np.ndarray,
             result.events = sorted(tracker.update(frames) + tracker.finish(), key=lambda e: (e.onset, e.label))
             result.event_rule = options.events
         if options.timeline:
-            result.timeline, result.timeline_seconds = _pool(frames, step)
+            result.timeline, result.timeline_seconds = _pool(frames, step, options.timeline_columns)
     return result
 
 
@@ -432,7 +433,8 @@ class _Track:
         self.stitcher = Stitcher(tagger.num_classes, self.frame_step) if wants_time else None
         self.tracker = (EventTracker(tagger.num_classes, self.frame_step, options.events, duration=duration)
                         if options.events is not None else None)
-        pool = math.ceil(duration / self.frame_step / TIMELINE_COLUMNS) if options.timeline else 1
+        columns = options.timeline_columns
+        pool = math.ceil(duration / self.frame_step / columns) if options.timeline and columns else 1
         self.pooler = _Pooler(max(1, pool)) if options.timeline else None
 
     def add(self, batch: list[tuple[float, Wave]]) -> None:
@@ -517,7 +519,7 @@ class _Pooler:
         return np.concatenate(self.rows).astype(np.float32) if self.rows else np.zeros((0, 0), np.float32)
 
 
-def _pool(frames: np.ndarray, step: float) -> tuple[np.ndarray, float]:
-    pooler = _Pooler(max(1, math.ceil(len(frames) / TIMELINE_COLUMNS)))
+def _pool(frames: np.ndarray, step: float, columns: int | None) -> tuple[np.ndarray, float]:
+    pooler = _Pooler(max(1, math.ceil(len(frames) / columns)) if columns else 1)
     pooler.add(frames)
     return pooler.finish(), step * pooler.factor
