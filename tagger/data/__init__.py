@@ -8,6 +8,7 @@ audioset_hdf5.py  the official PaSST / PANNs AudioSet HDF5 files, read as they a
 store.py, extract.py      the feature cache and `tagger extract-features`, which fills it
 dataset.py        waveform or cached-feature datasets; sampling.py the balanced sampler's weights
 synth.py          `tagger synthesize`: a small labelled set of synthetic sounds, for demos and tests
+strong.py         strong labels (onset, offset, label): DCASE / AudioSet-Strong TSVs, predict output
 
 May import: errors, version, fileio, console, jobs, labels, audio, frontends; never models or anything above.
 `tagger pack` imports no torch.
