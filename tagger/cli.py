@@ -126,11 +126,30 @@ def synthesize_command(
             "(needs --hierarchy); the complete labels go to train-complete.csv."
         ),
     ] = 0.0,
+    scenes_from: Annotated[Path | None, typer.Option(
+        help="Build sound scenes with strong labels from this ESC-50 esc50.csv instead: event clips on background "
+             "recordings, --clips training scenes from the other folds and a quarter as many test scenes from "
+             "--test-fold (writes train/test-strong.tsv, train/test.csv, labels.csv, audioset-label-map.csv).")] = None,
+    test_fold: Annotated[int, typer.Option(help="With --scenes-from: the ESC-50 fold the test scenes come from.")] = 4,
     fmt: FormatOption = "table",
 ) -> None:
     """Write a small labelled synthetic audio set with known event times (demo and test data)."""
     _check_format(fmt)
     from tagger import console
+
+    if scenes_from is not None:
+        from tagger.data.scenes import write_scene_set
+        from tagger.data.strong import read_strong
+
+        paths = write_scene_set(scenes_from, out_dir, clips, seconds, sample_rate, seed, test_fold)
+        rows = []
+        for split in ("train", "test"):
+            strong = read_strong(paths[f"{split}_strong"])
+            counts = {label: sum(e.label == label for e in strong.events) for label in sorted(strong.labels)}
+            rows.append({"split": split, "scenes": len(strong.files), "events": len(strong), **counts})
+        console.log(f"wrote {out_dir}/audio, {', '.join(str(paths[k]) for k in paths)}")
+        console.render(rows, fmt, title="scenes: events per class")
+        return
     from tagger.data.manifests import read_manifest
     from tagger.data.synth import synthesize
     from tagger.labels import LabelSet

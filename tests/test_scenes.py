@@ -65,3 +65,39 @@ def test_scenes_from_real_esc50_clips(tmp_path):
     found = make_scenes(manifest.examples, tmp_path, 4, "test", seed=1)
     assert {e.file for e in found} <= {f"test-{k:04d}.wav" for k in range(4)} and len(found) >= 4
     assert all(0 <= e.onset < e.offset <= 10.0 for e in found)
+
+
+def test_synthesize_scenes_writes_strong_and_weak_labels_that_agree(tmp_path):
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+    from tagger.data.manifests import read_manifest
+    from tagger.data.strong import read_strong
+
+    esc = tmp_path / "esc"
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for fold in (1, 2, 4):
+        for category, freq, bursts in (("dog", 600.0, [(1.0, 1.4)]), ("rooster", 900.0, [(0.5, 2.0)])):
+            name = f"{fold}-{int(freq)}-A-0.wav"
+            burst_clip(esc / "audio" / name, bursts, freq=freq)
+            rows.append(f"{name},{fold},0,{category},False,{int(freq)},A")
+        rain = f"{fold}-1-A-10.wav"
+        write_wav(esc / "audio" / rain, tone(5.0, RATE, 150.0, seed=fold), RATE)
+        rows.append(f"{rain},{fold},10,rain,True,1,A")
+    (esc / "esc50.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "scenes"
+    result = CliRunner().invoke(app, ["synthesize", str(out), "--scenes-from", str(esc / "esc50.csv"), "--clips", "8",
+                                      "--seconds", "4", "--sample-rate", str(RATE), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    for split, count in (("train", 8), ("test", 2)):
+        strong = read_strong(out / f"{split}-strong.tsv")
+        weak = read_manifest(out / f"{split}.csv")
+        assert len(weak.examples) == count and sorted(strong.files) == sorted(e.id for e in weak.examples)
+        by_file = strong.by_file()
+        for example in weak.examples:
+            assert set(example.labels) == {label for _, _, label in by_file[example.id]}
+            assert sf.info(example.path).duration == pytest.approx(4.0)
+    assert (out / "audioset-label-map.csv").read_text().splitlines()[1] == "dog,Dog"
+    result = CliRunner().invoke(app, ["synthesize", str(tmp_path / "x"), "--scenes-from", str(esc / "esc50.csv"),
+                                      "--test-fold", "5"])
+    assert result.exit_code == 2 and "need fold 5 for testing" in result.output

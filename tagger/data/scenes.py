@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from tagger import audio
-from tagger.data.manifests import Example
+from tagger.data.manifests import Example, read_manifest
+from tagger.data.synth import write_wav
 from tagger.errors import TaggerError
 
 # ESC-50 categories used as events, and the AudioSet class each one is (for scoring an AudioSet model zero-shot).
@@ -122,7 +123,7 @@ def make_scenes(
         peak = float(np.abs(scene).max())
         if peak > 0.99:  # keep the mix from clipping; the annotation does not change with the level
             scene *= 0.99 / peak
-        _write_wav(out_dir / name, scene, sample_rate)
+        write_wav(out_dir / name, scene, sample_rate)
     return merge_overlaps(found)
 
 
@@ -151,10 +152,37 @@ def _background(backgrounds: Sequence[Example], rng: np.random.Generator, length
     return scene * (0.05 / rms) if rms > 0 else scene  # backgrounds at one level: -26 dBFS
 
 
-def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
-    import soundfile as sf
+def write_scene_set(esc50: str | Path, out_dir: str | Path, clips: int = 200, seconds: float = 10.0,
+                    sample_rate: int = 32000, seed: int = 0, test_fold: int = 4) -> dict[str, Path]:
+    """The SED check's data: scenes from the ESC-50 folds other than `test_fold` to train on (`clips` of them) and
+    from `test_fold` to test on (a quarter as many), with strong labels (DCASE TSV), weak labels (CSV manifests,
+    the classes that sound in each scene), labels.csv and a label map onto AudioSet's class names."""
+    from tagger.data.strong import StrongEvent, StrongLabels, write_dcase_tsv
+    from tagger.fileio import atomic_write_csv
 
-    from tagger.fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        sf.write(tmp, wave, sample_rate, subtype="PCM_16", format="WAV")
+    out_dir = Path(out_dir)
+    manifest = read_manifest(esc50, "esc50")
+    folds = sorted({int(e.id.split("-")[0]) for e in manifest.examples})
+    if test_fold not in folds or len(folds) < 2:
+        raise TaggerError(f"{esc50}: scenes need fold {test_fold} for testing and another to train on; it has "
+                          f"folds {', '.join(map(str, folds)) or 'none'}")
+    paths: dict[str, Path] = {}
+    for split, count, chosen in (("train", clips, [f for f in folds if f != test_fold]),
+                                 ("test", max(1, clips // 4), [test_fold])):
+        examples = read_manifest(esc50, "esc50", folds=chosen).examples
+        found = make_scenes(examples, out_dir / "audio", count, split, seconds, sample_rate, seed=seed + len(split))
+        names = [f"{split}-{k:04d}.wav" for k in range(count)]
+        strong = StrongLabels([StrongEvent(Path(e.file).stem, e.onset, e.offset, e.label) for e in found],
+                              empty_files=[Path(n).stem for n in names])
+        paths[f"{split}_strong"] = out_dir / f"{split}-strong.tsv"
+        write_dcase_tsv(paths[f"{split}_strong"], strong)
+        heard = {name: sorted({e.label for e in found if e.file == name}) for name in names}
+        paths[split] = out_dir / f"{split}.csv"
+        atomic_write_csv(paths[split], ["path", "labels", "id"],
+                         [[f"audio/{name}", ",".join(heard[name]), Path(name).stem] for name in names])
+    paths["labels"] = out_dir / "labels.csv"
+    atomic_write_csv(paths["labels"], ["index", "mid", "display_name"],
+                     [[i, name, name] for i, name in enumerate(EVENT_CLASSES)])
+    paths["audioset_map"] = out_dir / "audioset-label-map.csv"
+    atomic_write_csv(paths["audioset_map"], ["from", "to"], [[k, v] for k, v in EVENT_CLASSES.items()])
+    return paths

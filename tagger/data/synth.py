@@ -131,7 +131,8 @@ def weaken_labels(classes: list[str] | tuple[str, ...], missing: float, rng: np.
     return sorted(kept | {_PARENT_OF[k] for k in supplies_parent})
 
 
-def _write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
+    """16-bit WAV, written atomically."""
     import soundfile as sf
 
     with atomic_path(path) as tmp:
@@ -177,7 +178,7 @@ def synthesize(
     for i in range(clips):
         clip_id = f"clip{i:04d}"
         wave, clip_events = synth_clip(clip_id, rng, seconds, sample_rate)
-        _write_wav(audio_dir / f"{clip_id}.wav", wave, sample_rate)
+        write_wav(audio_dir / f"{clip_id}.wav", wave, sample_rate)
         split = "valid" if i >= clips - n_valid else "train"
         classes = sorted({e.label for e in clip_events})
         labels = complete_labels(classes) if hierarchy else classes
