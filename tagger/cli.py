@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -87,6 +88,15 @@ ShortInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips under 5
                                                       "stretch (official evaluation); default: the checkpoint's.")]
 LongInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips over 10.24 s: windows, or crops (the official "
                                                      "evaluation's averaged crops, up to 20.5 s).")]
+
+# Event post-processing, shared by predict --events and evaluate --strong.
+OnsetOption = Annotated[float, typer.Option("--onset-threshold", help="An event starts when its score reaches this.")]
+OffsetOption = Annotated[float | None, typer.Option("--offset-threshold",
+                                                    help="... and ends below this (default: half).")]
+MinDurationOption = Annotated[float, typer.Option("--min-duration", help="Drop events shorter than this (seconds).")]
+MinGapOption = Annotated[float, typer.Option("--min-gap", help="Merge same-label events closer than this (seconds).")]
+MedianFilterOption = Annotated[float, typer.Option(
+    "--median-filter", help="Median-filter frame scores over this many seconds before thresholding (0: off).")]
 
 
 def _inputs(short_input: str | None, long_input: str | None = None) -> dict[str, str | None]:
@@ -486,12 +496,11 @@ def predict_command(
     aggregate: Annotated[str, typer.Option(help="Clip score from windows: mean or max.")] = "mean",
     per_window: Annotated[bool, typer.Option("--per-window", help="Also report every window.")] = False,
     events: Annotated[bool, typer.Option("--events", help="Detect events: label, onset, offset, peak.")] = False,
-    onset_threshold: Annotated[float, typer.Option(help="An event starts when its score reaches this.")] = 0.5,
-    offset_threshold: Annotated[float | None, typer.Option(help="... and ends below this (default: half).")] = None,
-    min_duration: Annotated[float, typer.Option(help="Drop events shorter than this (seconds).")] = 0.1,
-    min_gap: Annotated[float, typer.Option(help="Merge same-label events closer than this (seconds).")] = 0.0,
-    median_filter: Annotated[float, typer.Option(help="Median-filter frame scores over this many seconds before "
-                                                 "thresholding (0: off).")] = 0.0,
+    onset_threshold: OnsetOption = 0.5,
+    offset_threshold: OffsetOption = None,
+    min_duration: MinDurationOption = 0.1,
+    min_gap: MinGapOption = 0.0,
+    median_filter: MedianFilterOption = 0.0,
     plot: Annotated[Path | None, typer.Option(help="PNG heat-map of the top classes over time.")] = None,
     embeddings: Annotated[str | None, typer.Option(help="Write embeddings: a .npy/.npz file, or 'json'.")] = None,
     short_input: ShortInputOption = None,
@@ -527,8 +536,8 @@ def _embeddings_target(value: str | None):
 @app.command("evaluate")
 @user_errors
 def evaluate_command(
-    manifest: Annotated[Path, typer.Argument(help="Labelled manifest (any format of docs/data.md) or a folder; or "
-                                             "a pack or AudioSet HDF5 file.")],
+    manifest: Annotated[Path | None, typer.Argument(help="Labelled manifest (any format of docs/data.md) or a folder; "
+                                                    "or a pack or AudioSet HDF5 file. Not with --strong.")] = None,
     model: ModelOption = None,
     labels: Annotated[Path | None, typer.Option(help="Label file mapping the manifest's label ids/names "
                                                 "(class_labels_indices.csv) onto the model's classes.")] = None,
@@ -550,11 +559,34 @@ def evaluate_command(
                         ] = "fail",
     short_input: ShortInputOption = None,
     long_input: LongInputOption = None,
+    strong: Annotated[Path | None, typer.Option(help="Strong labels (DCASE or AudioSet-Strong TSV, or predict "
+                                                "--events output): score events with PSDS1/2 and event/segment F1; "
+                                                "audio from --audio-dir.")] = None,
+    label_map: Annotated[Path | None, typer.Option(help="With --strong: a from,to CSV mapping annotation labels "
+                                                   "onto the model's.")] = None,
+    save_scores: Annotated[Path | None, typer.Option(help="With --strong: write each file's frame scores (one TSV "
+                                                     "per file, sed_scores_eval's format) into this folder.")] = None,
+    onset_threshold: OnsetOption = 0.5,
+    offset_threshold: OffsetOption = None,
+    min_duration: MinDurationOption = 0.1,
+    min_gap: MinGapOption = 0.0,
+    median_filter: MedianFilterOption = 0.0,
 ) -> None:
-    """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class."""
+    """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class.
+    With --strong: sound event detection as DCASE scores it (PSDS1, PSDS2, event and segment F1)."""
     _check_format(fmt)
 
     from tagger import console
+
+    if strong is not None:
+        if manifest is not None or audio_dir is None:
+            raise TaggerError("--strong scores the files its annotation names: give --audio-dir and no manifest")
+        _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
+                         precision, _inputs(short_input, long_input),
+                         EventRuleArgs(onset_threshold, offset_threshold, min_duration, min_gap, median_filter))
+        return
+    if manifest is None:
+        raise TaggerError("give a manifest to evaluate, or --strong ANN.tsv --audio-dir DIR")
 
     fold_list = _parse_folds(folds)
     if on_error not in ("fail", "skip"):
@@ -583,6 +615,40 @@ def evaluate_command(
         if path is not None:
             console.log(f"wrote {write(path)}")
     console.render([result.metrics], fmt, title=f"evaluation of {tagger.source}")
+
+
+@dataclass(frozen=True)
+class EventRuleArgs:
+    on: float
+    off: float | None
+    min_duration: float
+    min_gap: float
+    median_filter: float
+
+
+def _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
+                     precision, input_settings, rule_args: EventRuleArgs) -> None:
+    from tagger import console
+    from tagger.evaluation.strong import evaluate_strong
+    from tagger.inference.events import EventRule
+    from tagger.inference.runtime import Scorer
+
+    rule = EventRule(on=rule_args.on, off=rule_args.off, min_duration=rule_args.min_duration,
+                     min_gap=rule_args.min_gap, median_filter=rule_args.median_filter)
+    scorer = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
+    with console.counting("scoring", "files") as progress:
+        result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, batch_size=batch_size,
+                                 on_progress=progress)
+    for note in result.notes:
+        console.log(f"note: {note}")
+    for path, write in ((save_scores, result.save_scores), (per_class, result.write_per_class),
+                        (plot, result.plot)):
+        if path is not None:
+            console.log(f"wrote {write(path)}")
+    metrics = dict(result.metrics)
+    if fmt != "json":
+        metrics["event_rule"] = ", ".join(f"{k} {v}" for k, v in metrics["event_rule"].items())
+    console.render([metrics], fmt, title=f"sound event detection with {scorer.source}")
 
 
 @app.command("export")

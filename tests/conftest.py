@@ -111,3 +111,27 @@ def spread_model(arch: str, num_classes: int, seed: int, **kwargs):
                 if parameter.ndim == 2:
                     parameter.normal_(0, 50.0)
     return model
+
+
+def burst_clip(path: Path, bursts, seconds: float = 5.0, freq: float = 700.0, rate: int = 16000) -> Path:
+    """A clip that is silent (faint noise) except for tone bursts at the given (start, end) seconds."""
+    rng = np.random.default_rng(1)
+    wave = 1e-4 * rng.standard_normal(int(seconds * rate)).astype(np.float32)
+    full = tone(seconds, rate, freq)
+    for start, end in bursts:
+        wave[int(start * rate): int(end * rate)] = full[int(start * rate): int(end * rate)]
+    return write_wav(path, wave, rate)
+
+
+def fake_esc50(root: Path, folds=(1, 2, 4)) -> Path:
+    """An ESC-50-shaped set (esc50.csv + audio/) of dog and rooster bursts and rain, for scene tests."""
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for fold in folds:
+        for category, freq, bursts in (("dog", 600.0, [(1.0, 1.4)]), ("rooster", 900.0, [(0.5, 2.0)])):
+            name = f"{fold}-{int(freq)}-A-0.wav"
+            burst_clip(root / "audio" / name, bursts, freq=freq)
+            rows.append(f"{name},{fold},0,{category},False,{int(freq)},A")
+        write_wav(root / "audio" / f"{fold}-1-A-10.wav", tone(5.0, 16000, 150.0, seed=fold), 16000)
+        rows.append(f"{fold}-1-A-10.wav,{fold},10,rain,True,1,A")
+    (root / "esc50.csv").write_text("\n".join(rows) + "\n")
+    return root / "esc50.csv"

@@ -5,24 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import shared_path, tone, write_wav
+from conftest import burst_clip, fake_esc50, shared_path, tone, write_wav
 
 from tagger.data.manifests import Example
 from tagger.data.scenes import SceneEvent, active_parts, make_scenes, merge_overlaps
 from tagger.errors import TaggerError
 
 RATE = 16000
-
-
-def burst_clip(path, bursts, seconds=5.0, freq=700.0):
-    """A 5 s clip that is silent (faint noise) except for tone bursts at the given (start, end) seconds."""
-    rng = np.random.default_rng(1)
-    wave = 1e-4 * rng.standard_normal(int(seconds * RATE)).astype(np.float32)
-    full = tone(seconds, RATE, freq)
-    for start, end in bursts:
-        a, b = int(start * RATE), int(end * RATE)
-        wave[a:b] = full[a:b]
-    return write_wav(path, wave, RATE)
 
 
 def test_active_parts_find_the_bursts_and_join_close_ones(tmp_path):
@@ -74,19 +63,9 @@ def test_synthesize_scenes_writes_strong_and_weak_labels_that_agree(tmp_path):
     from tagger.data.manifests import read_manifest
     from tagger.data.strong import read_strong
 
-    esc = tmp_path / "esc"
-    rows = ["filename,fold,target,category,esc10,src_file,take"]
-    for fold in (1, 2, 4):
-        for category, freq, bursts in (("dog", 600.0, [(1.0, 1.4)]), ("rooster", 900.0, [(0.5, 2.0)])):
-            name = f"{fold}-{int(freq)}-A-0.wav"
-            burst_clip(esc / "audio" / name, bursts, freq=freq)
-            rows.append(f"{name},{fold},0,{category},False,{int(freq)},A")
-        rain = f"{fold}-1-A-10.wav"
-        write_wav(esc / "audio" / rain, tone(5.0, RATE, 150.0, seed=fold), RATE)
-        rows.append(f"{rain},{fold},10,rain,True,1,A")
-    (esc / "esc50.csv").write_text("\n".join(rows) + "\n")
+    esc50 = fake_esc50(tmp_path / "esc")
     out = tmp_path / "scenes"
-    result = CliRunner().invoke(app, ["synthesize", str(out), "--scenes-from", str(esc / "esc50.csv"), "--clips", "8",
+    result = CliRunner().invoke(app, ["synthesize", str(out), "--scenes-from", str(esc50), "--clips", "8",
                                       "--seconds", "4", "--sample-rate", str(RATE), "--format", "json"])
     assert result.exit_code == 0, result.output
     for split, count in (("train", 8), ("test", 2)):
@@ -98,6 +77,6 @@ def test_synthesize_scenes_writes_strong_and_weak_labels_that_agree(tmp_path):
             assert set(example.labels) == {label for _, _, label in by_file[example.id]}
             assert sf.info(example.path).duration == pytest.approx(4.0)
     assert (out / "audioset-label-map.csv").read_text().splitlines()[1] == "dog,Dog"
-    result = CliRunner().invoke(app, ["synthesize", str(tmp_path / "x"), "--scenes-from", str(esc / "esc50.csv"),
+    result = CliRunner().invoke(app, ["synthesize", str(tmp_path / "x"), "--scenes-from", str(esc50),
                                       "--test-fold", "5"])
     assert result.exit_code == 2 and "need fold 5 for testing" in result.output

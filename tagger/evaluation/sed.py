@@ -224,8 +224,12 @@ def _fmt(value: float) -> str:
 
 
 def _library() -> Any:
+    import warnings
+
     try:
-        import sed_scores_eval
+        with warnings.catch_warnings():  # dcase_util, under it, warns about pkg_resources on import: not the user's
+            warnings.simplefilter("ignore")
+            import sed_scores_eval
     except ImportError as exc:
         raise TaggerError(f"sound event detection metrics need sed_scores_eval ({exc}): pip install 'tagger[sed]'"
                           ) from None

@@ -1,0 +1,133 @@
+"""`tagger evaluate --strong`: score a model's frame-level output against strong labels as DCASE does.
+
+Every annotated file is scored through `inference.predict` (so it is read as `tagger predict` reads it) with the
+full-resolution score timeline: the model's own frames where it has frame output, else the scores of 2 s windows
+every 0.5 s (the result says which). From those scores: PSDS1 and PSDS2 (threshold-free), and the events that the
+shared post-processing (`inference.events`, the rule `predict --events` uses) finds, scored with event-based and
+segment-based F1. The classes scored are those of the annotation, matched to the model's labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tagger.data.strong import StrongLabels, audio_finder, check_durations, read_label_map, read_strong
+from tagger.errors import TaggerError
+from tagger.evaluation import sed
+from tagger.inference.events import EventRule
+from tagger.inference.predict import EVENT_WINDOW, FileResult, PredictOptions, predict_files
+from tagger.inference.runtime import Scorer
+
+PER_CLASS_COLUMNS = ("class", "events", "psds1", "psds2", "event_f1", "event_precision", "event_recall",
+                     "segment_f1")
+
+
+@dataclass
+class StrongResult:
+    """What one strong-label evaluation produced; `scores` are the frame scores per file (for --save-scores)."""
+
+    metrics: dict[str, Any]
+    per_class: list[dict[str, Any]]
+    scores: dict[str, tuple[np.ndarray, np.ndarray]]
+    classes: list[str]
+    psds1: sed.PsdsResult
+    psds2: sed.PsdsResult
+    notes: list[str] = field(default_factory=list)
+
+    def save_scores(self, out_dir: str | Path) -> Path:
+        sed.write_scores(out_dir, self.scores, self.classes)
+        return Path(out_dir)
+
+    def plot(self, path: str | Path) -> Path:
+        return sed.plot_psd_roc(path, self.psds1, title=f"PSD-ROC (PSDS1 {self.psds1.value:.3f})")
+
+    def write_per_class(self, path: str | Path) -> Path:
+        from tagger.fileio import atomic_write_csv
+
+        atomic_write_csv(path, list(PER_CLASS_COLUMNS), [[row[c] for c in PER_CLASS_COLUMNS] for row in self.per_class])
+        return Path(path)
+
+
+def evaluate_strong(
+    scorer: Scorer,
+    annotations: str | Path,
+    audio_dir: str | Path,
+    *,
+    label_map: str | Path | None = None,
+    rule: EventRule = EventRule(),
+    batch_size: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> StrongResult:
+    """Score every file of `annotations` (a DCASE or AudioSet-Strong TSV, or tagger predict output) found in
+    `audio_dir`; see the module docstring for what is computed."""
+    mapping = read_label_map(label_map) if label_map is not None else None
+    strong: StrongLabels = read_strong(annotations, labels=scorer.labels, label_map=mapping)
+    if not strong.files:
+        raise TaggerError(f"{annotations}: no annotated files")
+    find = audio_finder(audio_dir)
+    keys = strong.files
+    paths = [find(key) for key in keys]
+    classes = sorted(strong.labels)
+    if not classes:
+        raise TaggerError(f"{annotations}: no events to score against")
+    columns = [scorer.labels.names.index(name) for name in classes]
+    options = PredictOptions(events=_for_columns(rule, columns, scorer.num_classes), timeline=True,
+                             timeline_columns=None, batch_size=batch_size)
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    detections: dict[str, list[tuple[float, float, str]]] = {}
+    durations: dict[str, float] = {}
+    step = None
+    for done, (key, result) in enumerate(zip(keys, predict_files(scorer, paths, options), strict=True), 1):
+        frames = result.timeline[:, columns]
+        step = result.timeline_seconds
+        bounds = np.minimum(np.arange(len(frames) + 1) * step, result.duration)
+        scores[key] = (bounds, frames)
+        durations[key] = result.duration
+        detections[key] = _detections(result, scorer, set(classes))
+        if on_progress is not None:
+            on_progress(done, len(keys))
+    check_durations(strong, durations)
+    truth = strong.by_file()
+    psds1 = sed.psds(scores, classes, truth, durations, sed.PSDS1)
+    psds2 = sed.psds(scores, classes, truth, durations, sed.PSDS2)
+    event = sed.event_f1(detections, truth, classes, durations=durations)
+    segment = sed.segment_f1(detections, truth, classes, durations)
+    time_axis = "frames" if scorer.frame_level else f"{EVENT_WINDOW[0]:g} s windows every {EVENT_WINDOW[1]:g} s"
+    metrics = {"files": len(keys), "events": len(strong), "classes": len(classes), "time_axis": time_axis,
+               "frame_seconds": round(float(step), 6), "psds1": round(psds1.value, 6), "psds2": round(psds2.value, 6),
+               "event_f1": round(event.f1, 6), "event_macro_f1": round(event.macro_f1, 6),
+               "segment_f1": round(segment.f1, 6), "segment_macro_f1": round(segment.macro_f1, 6),
+               "event_rule": rule.to_dict()}
+    by_class_event = {row["class"]: row for row in event.per_class}
+    by_class_segment = {row["class"]: row for row in segment.per_class}
+    counts = {c: sum(e.label == c for e in strong.events) for c in classes}
+    per_class = [{"class": c, "events": counts[c], "psds1": round(psds1.per_class[c], 6),
+                  "psds2": round(psds2.per_class[c], 6), "event_f1": round(by_class_event[c]["f1"], 6),
+                  "event_precision": round(by_class_event[c]["precision"], 6),
+                  "event_recall": round(by_class_event[c]["recall"], 6),
+                  "segment_f1": round(by_class_segment[c]["f1"], 6)} for c in classes]
+    notes = [] if scorer.frame_level else [f"the model has no frame-level output: its time axis is {time_axis}"]
+    return StrongResult(metrics, per_class, scores, classes, psds1, psds2, notes)
+
+
+def _for_columns(rule: EventRule, columns: list[int], num_classes: int) -> EventRule:
+    """The rule for the whole model: per-class thresholds are given for the scored classes only, so spread them."""
+    if not isinstance(rule.on, tuple):
+        return rule
+    if len(rule.on) != len(columns):
+        raise TaggerError(f"{len(rule.on)} per-class thresholds for {len(columns)} scored classes")
+    on, off = [1.0] * num_classes, [1.0] * num_classes
+    for k, column in enumerate(columns):
+        on[column], off[column] = rule.on[k], rule.off[k]
+    return EventRule(on=tuple(on), off=tuple(off), min_duration=rule.min_duration, min_gap=rule.min_gap,
+                     median_filter=rule.median_filter)
+
+
+def _detections(result: FileResult, scorer: Scorer, classes: set[str]) -> list[tuple[float, float, str]]:
+    names = [scorer.labels.name_of(e.label) for e in result.events or ()]
+    return [(e.onset, e.offset, name) for e, name in zip(result.events or (), names, strict=True) if name in classes]

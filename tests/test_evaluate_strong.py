@@ -1,0 +1,79 @@
+"""`tagger evaluate --strong`: PSDS and event/segment F1 of a model's frame scores against strong labels, equal to
+sed_scores_eval run on the scores the command saves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import fake_esc50, spread_model
+from typer.testing import CliRunner
+
+from tagger.checkpoint import save_checkpoint
+from tagger.cli import app
+from tagger.labels import LabelSet
+from tagger.models import create_model
+
+sse = pytest.importorskip("sed_scores_eval")
+RATE = 32000
+CLASSES = LabelSet.from_list(["dog", "rooster"], ["dog", "rooster"])
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A fake ESC-50 (dog, rooster, rain clips in folds 1-4), its scenes, and two tiny checkpoints."""
+    root = tmp_path_factory.mktemp("strong")
+    esc50 = str(fake_esc50(root / "esc"))
+    result = CliRunner().invoke(app, ["synthesize", str(root / "scenes"), "--scenes-from", esc50, "--clips", "8",
+                                      "--seconds", "4", "--sample-rate", str(RATE)])
+    assert result.exit_code == 0, result.output
+    torch.manual_seed(0)
+    htsat = create_model("htsat-tiny", num_classes=2, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+    save_checkpoint(root / "htsat.pt", htsat.eval(), CLASSES)
+    save_checkpoint(root / "mn01.pt", spread_model("efficientat-mn01", 2, seed=0).eval(), CLASSES)
+    return root
+
+
+def evaluate(scenes, model, *extra):
+    return CliRunner().invoke(app, ["evaluate", "--model", str(scenes / model), "--strong",
+                                    str(scenes / "scenes" / "test-strong.tsv"), "--audio-dir",
+                                    str(scenes / "scenes" / "audio"), "--format", "json", *extra])
+
+
+def test_psds_equals_sed_scores_eval_on_the_saved_scores(scenes, tmp_path):
+    result = evaluate(scenes, "htsat.pt", "--save-scores", str(tmp_path / "scores"), "--per-class",
+                      str(tmp_path / "per-class.csv"), "--plot", str(tmp_path / "roc.png"), "--median-filter", "0.1")
+    assert result.exit_code == 0, result.output
+    (metrics,) = json.loads(result.stdout)
+    assert metrics["files"] == 2 and metrics["time_axis"] == "frames" and metrics["classes"] <= 2
+    assert metrics["event_rule"]["median_filter"] == 0.1
+    for key in ("psds1", "psds2", "event_f1", "segment_f1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    saved = sorted(p.name for p in (tmp_path / "scores").glob("*.tsv"))
+    assert saved == ["test-0000.tsv", "test-0001.tsv"]
+    durations = {p.stem: 4.0 for p in (tmp_path / "scores").glob("*.tsv")}
+    psds, *_ = sse.intersection_based.psds(
+        scores=str(tmp_path / "scores"), ground_truth=str(scenes / "scenes" / "test-strong.tsv"),
+        audio_durations=durations, dtc_threshold=0.7, gtc_threshold=0.7, cttc_threshold=None, alpha_ct=0.0,
+        alpha_st=1.0, max_efpr=100.0, unit_of_time="hour", time_decimals=6)
+    assert metrics["psds1"] == pytest.approx(psds, abs=1e-6)
+    assert (tmp_path / "per-class.csv").read_text().startswith("class,events,psds1,psds2")
+    assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_a_clip_level_model_is_scored_from_windows_and_says_so(scenes):
+    result = evaluate(scenes, "mn01.pt")
+    assert result.exit_code == 0, result.output
+    (metrics,) = json.loads(result.stdout)
+    assert metrics["time_axis"].startswith("2 s windows every 0.5 s") and "no frame-level output" in result.stderr
+
+
+def test_unknown_labels_and_missing_options_are_one_line_errors(scenes, tmp_path):
+    other = tmp_path / "other.tsv"
+    other.write_text("filename\tonset\toffset\tevent_label\ntest-0000.wav\t0.5\t1.0\tcat\n")
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(scenes / "htsat.pt"), "--strong", str(other),
+                                      "--audio-dir", str(scenes / "scenes" / "audio")])
+    assert result.exit_code == 2 and "--label-map" in result.stderr.strip().splitlines()[-1]
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(scenes / "htsat.pt"), "--strong", str(other)])
+    assert result.exit_code == 2 and "give --audio-dir" in result.stderr
