@@ -566,6 +566,10 @@ def evaluate_command(
                                                    "onto the model's.")] = None,
     save_scores: Annotated[Path | None, typer.Option(help="With --strong: write each file's frame scores (one TSV "
                                                      "per file, sed_scores_eval's format) into this folder.")] = None,
+    window: Annotated[float | None, typer.Option(help="With --strong: score windows of this many seconds (the time "
+                                                 "axis of a model without frame output; default 2).")] = None,
+    hop: Annotated[float | None, typer.Option(help="With --strong: seconds between windows (default: window / 2, "
+                                              "or 0.5 for the default windows).")] = None,
     onset_threshold: OnsetOption = 0.5,
     offset_threshold: OffsetOption = None,
     min_duration: MinDurationOption = 0.1,
@@ -583,8 +587,11 @@ def evaluate_command(
             raise TaggerError("--strong scores the files its annotation names: give --audio-dir and no manifest")
         _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
                          precision, _inputs(short_input, long_input),
-                         EventRuleArgs(onset_threshold, offset_threshold, min_duration, min_gap, median_filter))
+                         EventRuleArgs(onset_threshold, offset_threshold, min_duration, min_gap, median_filter),
+                         (window, hop))
         return
+    if window is not None or hop is not None:
+        raise TaggerError("--window and --hop apply with --strong only")
     if manifest is None:
         raise TaggerError("give a manifest to evaluate, or --strong ANN.tsv --audio-dir DIR")
 
@@ -627,7 +634,7 @@ class EventRuleArgs:
 
 
 def _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
-                     precision, input_settings, rule_args: EventRuleArgs) -> None:
+                     precision, input_settings, rule_args: EventRuleArgs, windows: tuple) -> None:
     from tagger import console
     from tagger.evaluation.strong import evaluate_strong
     from tagger.inference.events import EventRule
@@ -637,8 +644,8 @@ def _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class
                      min_gap=rule_args.min_gap, median_filter=rule_args.median_filter)
     scorer = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
     with console.counting("scoring", "files") as progress:
-        result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, batch_size=batch_size,
-                                 on_progress=progress)
+        result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, window=windows[0],
+                                 hop=windows[1], batch_size=batch_size, on_progress=progress)
     for note in result.notes:
         console.log(f"note: {note}")
     for path, write in ((save_scores, result.save_scores), (per_class, result.write_per_class),

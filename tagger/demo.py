@@ -16,11 +16,6 @@ import time
 from pathlib import Path
 
 OUT = Path("demo-output")
-# Event scoring: a predicted event matches a true one of the same label when its onset is within ONSET_COLLAR
-# seconds and its offset within max(ONSET_COLLAR, OFFSET_SHARE x the true length), as sed_eval's event-based
-# metrics do (DCASE uses 0.2 s; the detector here sees 1 s windows every 0.25 s, so the collar is 0.5 s).
-ONSET_COLLAR = 0.5
-OFFSET_SHARE = 0.2
 
 
 def run(*args: str) -> None:
@@ -144,61 +139,44 @@ def held_out(data: Path, test_set: Path) -> Path:
 
 
 def events_demo(test: Path, folder: Path, model: str) -> str:
-    """Detect events in a recording of test clips joined end to end; score them against the clips' true events."""
+    """Detect events in a recording of test clips joined end to end; score them against the clips' true events as
+    DCASE does (PSDS, event and segment F1, with sed_scores_eval)."""
     import json
 
     clips = 24
     recording, truth = long_recording(test, folder, clips)
-    predicted = folder / "events.json"
     print(f"\nA {recording.stem} of {clips} test clips end to end (true events: {truth}). CNN6 scores whole clips,")
     print("so its time axis comes from 1 s windows every 0.25 s, merged across window boundaries; an event starts")
     print("at a score of 0.7 and ends below 0.5 (settings chosen on a recording of validation clips). The events")
     print("go to a JSON file, the scores over time to a heat-map.")
-    run("predict", str(recording), "--model", model, "--events", "--window", "1", "--hop", "0.25",
-        "--onset-threshold", "0.7", "--offset-threshold", "0.5", "--min-duration", "1", "--min-gap", "0.5",
-        "--plot", str(folder / "timeline.png"), "--format", "json", "--output", str(predicted))
-    ids = _label_ids(test.parent / "labels.csv")
-    true_events = [(ids[row["label"]], float(row["onset"]), float(row["offset"])) for row in _rows(truth)]
-    (result,) = json.loads(predicted.read_text())
-    found = [(e["id"], float(e["onset"]), float(e["offset"])) for e in result["events"]]
-    matched = match_events(true_events, found)
-    precision = len(matched) / len(found) if found else 0.0
-    recall = len(matched) / len(true_events) if true_events else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if matched else 0.0
-    line = (f"events: {len(true_events)} true, {len(found)} predicted, {len(matched)} matched -> precision "
-            f"{precision:.2f}, recall {recall:.2f}, F1 {f1:.2f} (onset ±{ONSET_COLLAR:g} s)")
-    print(f"\nScored against {truth.name}: a detected event counts when its label is right, its onset within "
-          f"±{ONSET_COLLAR:g} s and its offset within ±max({ONSET_COLLAR:g} s, {OFFSET_SHARE:.0%} of the event); "
-          "each true event and each detection is matched at most once.")
+    rule = ["--onset-threshold", "0.7", "--offset-threshold", "0.5", "--min-duration", "1", "--min-gap", "0.5"]
+    run("predict", str(recording), "--model", model, "--events", "--window", "1", "--hop", "0.25", *rule,
+        "--plot", str(folder / "timeline.png"), "--format", "json", "--output", str(folder / "events.json"))
+    print("\nThe same events scored against the true ones as DCASE scores them: PSDS1 and PSDS2 from the scores")
+    print("themselves (every threshold), event-based F1 (onset within 0.2 s, offset within 20% of the event) and")
+    print("segment-based F1 (1 s segments) of the events above.")
+    scores = folder / "sed.json"
+    run_to(scores, "evaluate", "--model", model, "--strong", str(truth), "--audio-dir", str(folder), "--window", "1",
+           "--hop", "0.25", *rule, "--per-class", str(folder / "sed-per-class.csv"), "--plot",
+           str(folder / "psd-roc.png"), "--format", "json")
+    (metrics,) = json.loads(scores.read_text())
+    line = (f"events (DCASE scoring of {metrics['events']} true events): PSDS1 {metrics['psds1']:.3f}, PSDS2 "
+            f"{metrics['psds2']:.3f}, event F1 {metrics['event_f1']:.2f}, segment F1 {metrics['segment_f1']:.2f}")
     print(line)
-    names = {row["mid"]: row["display_name"] for row in _rows(test.parent / "labels.csv")}
-    per_class = []
-    for label in [label for label in names if any(event[0] == label for event in true_events + found)]:
-        hits = sum(true_events[j][0] == label for j in matched)
-        total = sum(event[0] == label for event in true_events)
-        detected = sum(event[0] == label for event in found)
-        per_class.append(f"{names[label]} {hits}/{total} ({detected} detected)")
-    print("matched/true per class: " + ", ".join(per_class))
     print("CNN6 was trained on clip labels only and has no frame-level output, so these events are rough; the")
     print("clip-level figures are in the summary at the end.")
     return line
 
 
-def match_events(truth: list[tuple[str, float, float]], found: list[tuple[str, float, float]]) -> set[int]:
-    """Indices of the true events matched (sed_eval's event-based rule), greedily by onset distance."""
-    pairs = []
-    for i, (label, onset, offset) in enumerate(found):
-        for j, (true_label, true_onset, true_offset) in enumerate(truth):
-            offset_collar = max(ONSET_COLLAR, OFFSET_SHARE * (true_offset - true_onset))
-            if (label == true_label and abs(onset - true_onset) <= ONSET_COLLAR
-                    and abs(offset - true_offset) <= offset_collar):
-                pairs.append((abs(onset - true_onset), i, j))
-    used_found, used_truth = set(), set()
-    for _, i, j in sorted(pairs):
-        if i not in used_found and j not in used_truth:
-            used_found.add(i)
-            used_truth.add(j)
-    return used_truth
+def run_to(path: Path, *args: str) -> None:
+    """`run`, with the command's stdout kept in `path` (and shown)."""
+    command = [sys.executable, "-m", "tagger", *args]
+    print(f"\n$ tagger {shlex.join(args)} > {path}", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    path.write_text(done.stdout)
+    print(done.stdout, end="")
+    print(f"  ({time.perf_counter() - started:.1f} s)", flush=True)
 
 
 def ensembles_demo(data: Path, test: Path, runs: Path, folder: Path, reports: Path) -> tuple[str, str]:
@@ -393,14 +371,14 @@ def long_recording(manifest: Path, folder: Path, clips: int) -> tuple[Path, Path
         start += len(wave) / rate
     recording = folder / f"{start:.0f}-second-recording.wav"
     sf.write(recording, np.concatenate(waves), rate)
-    truth = folder / "true-events.csv"
-    with open(truth, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "onset", "offset"])
-        for row in events:
-            shift = offsets[row["id"]]
-            writer.writerow([row["label"], round(float(row["onset"]) + shift, 3),
-                             round(float(row["offset"]) + shift, 3)])
+    from tagger.data.strong import StrongEvent, StrongLabels, write_dcase_tsv
+
+    truth = folder / "true-events.tsv"
+    names = {row["mid"]: row["display_name"] for row in _rows(manifest.parent / "labels.csv")}
+    write_dcase_tsv(truth, StrongLabels([
+        StrongEvent(recording.stem, round(float(row["onset"]) + offsets[row["id"]], 3),
+                    round(float(row["offset"]) + offsets[row["id"]], 3), names.get(row["label"], row["label"]))
+        for row in events]))
     return recording, truth
 
 

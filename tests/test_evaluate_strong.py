@@ -77,3 +77,18 @@ def test_unknown_labels_and_missing_options_are_one_line_errors(scenes, tmp_path
     assert result.exit_code == 2 and "--label-map" in result.stderr.strip().splitlines()[-1]
     result = CliRunner().invoke(app, ["evaluate", "--model", str(scenes / "htsat.pt"), "--strong", str(other)])
     assert result.exit_code == 2 and "give --audio-dir" in result.stderr
+
+
+def test_overlapping_same_class_annotations_are_joined_with_a_note(scenes, tmp_path):
+    from tagger.evaluation.strong import _join_overlaps
+
+    truth, joined = _join_overlaps({"a": [(1.0, 2.0, "dog"), (2.0, 3.0, "dog"), (1.5, 1.8, "rooster"),
+                                          (4.0, 5.0, "dog")]})
+    assert joined == 1 and truth["a"] == [(1.0, 3.0, "dog"), (1.5, 1.8, "rooster"), (4.0, 5.0, "dog")]
+    overlapping = tmp_path / "overlap.tsv"
+    overlapping.write_text("filename\tonset\toffset\tevent_label\ntest-0000.wav\t0.5\t1.5\tdog\n"
+                           "test-0000.wav\t1.0\t2.0\tdog\ntest-0001.wav\t0.2\t0.9\trooster\n")
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(scenes / "htsat.pt"), "--strong", str(overlapping),
+                                      "--audio-dir", str(scenes / "scenes" / "audio"), "--window", "2"])
+    assert result.exit_code == 0, result.output
+    assert "1 annotated events overlapped" in result.stderr

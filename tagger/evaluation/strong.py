@@ -60,11 +60,14 @@ def evaluate_strong(
     *,
     label_map: str | Path | None = None,
     rule: EventRule = EventRule(),
+    window: float | None = None,
+    hop: float | None = None,
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> StrongResult:
     """Score every file of `annotations` (a DCASE or AudioSet-Strong TSV, or tagger predict output) found in
-    `audio_dir`; see the module docstring for what is computed."""
+    `audio_dir`; see the module docstring for what is computed. `window`/`hop`: score windows of this many
+    seconds (a clip-level model's time axis; by default 2 s every 0.5 s)."""
     mapping = read_label_map(label_map) if label_map is not None else None
     strong: StrongLabels = read_strong(annotations, labels=scorer.labels, label_map=mapping)
     if not strong.files:
@@ -76,8 +79,8 @@ def evaluate_strong(
     if not classes:
         raise TaggerError(f"{annotations}: no events to score against")
     columns = [scorer.labels.names.index(name) for name in classes]
-    options = PredictOptions(events=_for_columns(rule, columns, scorer.num_classes), timeline=True,
-                             timeline_columns=None, batch_size=batch_size)
+    options = PredictOptions(window=window, hop=hop, events=_for_columns(rule, columns, scorer.num_classes),
+                             timeline=True, timeline_columns=None, batch_size=batch_size)
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     detections: dict[str, list[tuple[float, float, str]]] = {}
     durations: dict[str, float] = {}
@@ -92,12 +95,13 @@ def evaluate_strong(
         if on_progress is not None:
             on_progress(done, len(keys))
     check_durations(strong, durations)
-    truth = strong.by_file()
+    truth, joined = _join_overlaps(strong.by_file())
     psds1 = sed.psds(scores, classes, truth, durations, sed.PSDS1)
     psds2 = sed.psds(scores, classes, truth, durations, sed.PSDS2)
     event = sed.event_f1(detections, truth, classes, durations=durations)
     segment = sed.segment_f1(detections, truth, classes, durations)
-    time_axis = "frames" if scorer.frame_level else f"{EVENT_WINDOW[0]:g} s windows every {EVENT_WINDOW[1]:g} s"
+    seconds = (window, hop or window / 2) if window is not None else EVENT_WINDOW
+    time_axis = "frames" if scorer.frame_level else f"{seconds[0]:g} s windows every {seconds[1]:g} s"
     metrics = {"files": len(keys), "events": len(strong), "classes": len(classes), "time_axis": time_axis,
                "frame_seconds": round(float(step), 6), "psds1": round(psds1.value, 6), "psds2": round(psds2.value, 6),
                "event_f1": round(event.f1, 6), "event_macro_f1": round(event.macro_f1, 6),
@@ -112,6 +116,9 @@ def evaluate_strong(
                   "event_recall": round(by_class_event[c]["recall"], 6),
                   "segment_f1": round(by_class_segment[c]["f1"], 6)} for c in classes]
     notes = [] if scorer.frame_level else [f"the model has no frame-level output: its time axis is {time_axis}"]
+    if joined:
+        notes.append(f"{joined} annotated events overlapped or touched another of their class in the same file and "
+                     "were joined with it (sed_scores_eval scores one event per stretch of a class)")
     return StrongResult(metrics, per_class, scores, classes, psds1, psds2, notes)
 
 
@@ -126,6 +133,21 @@ def _for_columns(rule: EventRule, columns: list[int], num_classes: int) -> Event
         on[column], off[column] = rule.on[k], rule.off[k]
     return EventRule(on=tuple(on), off=tuple(off), min_duration=rule.min_duration, min_gap=rule.min_gap,
                      median_filter=rule.median_filter)
+
+
+def _join_overlaps(truth: dict[str, list[tuple[float, float, str]]]) -> tuple[dict, int]:
+    """Same-class events of a file that overlap or touch become one; (the truth, how many were joined)."""
+    joined, out = 0, {}
+    for key, events in truth.items():
+        merged: list[list] = []
+        for onset, offset, label in sorted(events, key=lambda e: (e[2], e[0])):
+            if merged and merged[-1][2] == label and onset <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], offset)
+                joined += 1
+            else:
+                merged.append([onset, offset, label])
+        out[key] = sorted((tuple(event) for event in merged), key=lambda e: (e[0], e[2]))
+    return out, joined
 
 
 def _detections(result: FileResult, scorer: Scorer, classes: set[str]) -> list[tuple[float, float, str]]:
