@@ -145,12 +145,7 @@ def read_strong(
     path = Path(path)
     if format != "auto" and format not in STRONG_FORMATS:
         raise TaggerError(f"strong-label format {format!r} is not one of auto, {', '.join(STRONG_FORMATS)}")
-    if not path.is_file():
-        raise TaggerError(f"strong-label file {path} does not exist; check the path")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise TaggerError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    text = _read_text(path, "strong-label file")
     if not text.strip():
         raise TaggerError(f"{path} is empty; a strong-label file needs a header and one row per event")
     fmt = _detect(path, text) if format == "auto" else format
@@ -391,12 +386,7 @@ def read_label_map(path: str | Path) -> dict[str, str]:
     An empty `to` drops that label's events (a class the model does not have).
     """
     path = Path(path)
-    if not path.is_file():
-        raise TaggerError(f"label map {path} does not exist; check the path")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise TaggerError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    text = _read_text(path, "label map")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     mapping: dict[str, str] = {}
@@ -582,3 +572,13 @@ def _not_found(folder: Path, key: str) -> TaggerError:
     if _segment(key) is not None:
         tried += f", {_segment(key)[0]}_<start s>_*.*"
     return TaggerError(f"no audio for {key!r} in {folder} (tried {tried}); pass the folder of the clips as --audio-dir")
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file's text (a UTF-8 byte-order mark dropped), or a one-line error naming it."""
+    if not path.is_file():
+        raise TaggerError(f"{what} {path} does not exist; check the path")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise TaggerError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
