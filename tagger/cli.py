@@ -97,6 +97,9 @@ MinDurationOption = Annotated[float, typer.Option("--min-duration", help="Drop e
 MinGapOption = Annotated[float, typer.Option("--min-gap", help="Merge same-label events closer than this (seconds).")]
 MedianFilterOption = Annotated[float, typer.Option(
     "--median-filter", help="Median-filter frame scores over this many seconds before thresholding (0: off).")]
+EventRuleOption = Annotated[Path | None, typer.Option(
+    "--event-rule", help="Per-class thresholds and settings saved by `tagger evaluate --strong --tune-rule` (JSON); "
+    "classes it does not name keep the thresholds above.")]
 
 
 def _inputs(short_input: str | None, long_input: str | None = None) -> dict[str, str | None]:
@@ -501,6 +504,7 @@ def predict_command(
     min_duration: MinDurationOption = 0.1,
     min_gap: MinGapOption = 0.0,
     median_filter: MedianFilterOption = 0.0,
+    event_rule: EventRuleOption = None,
     plot: Annotated[Path | None, typer.Option(help="PNG heat-map of the top classes over time.")] = None,
     embeddings: Annotated[str | None, typer.Option(help="Write embeddings: a .npy/.npz file, or 'json'.")] = None,
     short_input: ShortInputOption = None,
@@ -512,12 +516,14 @@ def predict_command(
 
     if top_k < 0:
         raise TaggerError(f"--top-k must be 0 (all) or more, got {top_k}")
+    if event_rule is not None and not events:
+        raise TaggerError("--event-rule sets how events are found: add --events")
     sink = PredictSink(Selection(top_k, threshold), fmt, output, _embeddings_target(embeddings), plot)
     try:
         summary = run_predict(inputs, model, sink, device=device, precision=precision, batch_size=batch_size,
                               window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=events,
                               onset=onset_threshold, offset=offset_threshold, min_duration=min_duration,
-                              min_gap=min_gap, median_filter=median_filter,
+                              min_gap=min_gap, median_filter=median_filter, event_rule=event_rule,
                               input_settings=_inputs(short_input, long_input))
     except KeyboardInterrupt:
         kept = "" if output is None else f"; {output} was left as it was"
@@ -575,6 +581,11 @@ def evaluate_command(
     min_duration: MinDurationOption = 0.1,
     min_gap: MinGapOption = 0.0,
     median_filter: MedianFilterOption = 0.0,
+    event_rule: EventRuleOption = None,
+    tune_rule: Annotated[Path | None, typer.Option(help="With --strong: choose each class's onset threshold for the "
+                                                   "best F1 on these files and save the rule (JSON) for --event-rule."
+                                                   )] = None,
+    tune_for: Annotated[str, typer.Option(help="With --tune-rule: the F1 to maximise, event or segment.")] = "event",
 ) -> None:
     """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class.
     With --strong: sound event detection as DCASE scores it (PSDS1, PSDS2, event and segment F1)."""
@@ -587,8 +598,9 @@ def evaluate_command(
             raise TaggerError("--strong scores the files its annotation names: give --audio-dir and no manifest")
         _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
                          precision, _inputs(short_input, long_input),
-                         EventRuleArgs(onset_threshold, offset_threshold, min_duration, min_gap, median_filter),
-                         (window, hop))
+                         EventRuleArgs(onset_threshold, offset_threshold, min_duration, min_gap, median_filter,
+                                       event_rule),
+                         (window, hop), (tune_rule, tune_for))
         return
     if window is not None or hop is not None:
         raise TaggerError("--window and --hop apply with --strong only")
@@ -631,23 +643,35 @@ class EventRuleArgs:
     min_duration: float
     min_gap: float
     median_filter: float
+    saved: Path | None = None  # --event-rule
 
 
 def _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
-                     precision, input_settings, rule_args: EventRuleArgs, windows: tuple) -> None:
+                     precision, input_settings, rule_args: EventRuleArgs, windows: tuple, tuning: tuple) -> None:
     from tagger import console
     from tagger.evaluation.strong import evaluate_strong
-    from tagger.inference.events import EventRule
+    from tagger.inference.events import EventRule, read_rule, write_rule
     from tagger.inference.runtime import Scorer
 
     rule = EventRule(on=rule_args.on, off=rule_args.off, min_duration=rule_args.min_duration,
                      min_gap=rule_args.min_gap, median_filter=rule_args.median_filter)
+    tune_path, tune_for = tuning
+    if tune_path is not None and rule_args.saved is not None:
+        raise TaggerError("--tune-rule starts from one threshold for all classes: drop --event-rule")
     scorer = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
+    if rule_args.saved is not None:
+        rule = read_rule(rule_args.saved, scorer.labels.names, rule)
     with console.counting("scoring", "files") as progress:
         result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, window=windows[0],
                                  hop=windows[1], batch_size=batch_size, on_progress=progress)
     for note in result.notes:
         console.log(f"note: {note}")
+    if tune_path is not None:
+        tuned, reached = result.tune(tune_for)
+        write_rule(tune_path, tuned, result.classes, {"tuned_for": f"{tune_for}_f1", "tuned_on": str(strong),
+                                                      "f1": {c: round(v["f1"], 6) for c, v in reached.items()}})
+        console.log(f"wrote {tune_path}: per-class onset thresholds for the best {tune_for} F1 on {strong} (use it "
+                    "with --event-rule on other data)")
     for path, write in ((save_scores, result.save_scores), (per_class, result.write_per_class),
                         (plot, result.plot)):
         if path is not None:

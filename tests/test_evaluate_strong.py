@@ -92,3 +92,46 @@ def test_overlapping_same_class_annotations_are_joined_with_a_note(scenes, tmp_p
                                       "--audio-dir", str(scenes / "scenes" / "audio"), "--window", "2"])
     assert result.exit_code == 0, result.output
     assert "1 annotated events overlapped" in result.stderr
+
+
+def test_tuned_thresholds_reach_their_f1_when_used_and_travel_to_predict(scenes, tmp_path):
+    tuned = tmp_path / "rule.json"
+    result = evaluate(scenes, "htsat.pt", "--tune-rule", str(tuned), "--median-filter", "0.05")
+    assert result.exit_code == 0, result.output
+    (default,) = json.loads(result.stdout)
+    saved = json.loads(tuned.read_text())
+    assert saved["format"] == "tagger-event-rule" and saved["tuned_for"] == "event_f1"
+    assert saved["median_filter"] == 0.05 and set(saved["on"]) <= {"dog", "rooster"}
+    assert all(0.05 <= v <= 0.95 and saved["off"][c] == pytest.approx(v / 2) for c, v in saved["on"].items())
+    # The rule, used on the same files, gives each class the F1 the tuning reached (one post-processing path).
+    result = evaluate(scenes, "htsat.pt", "--event-rule", str(tuned), "--per-class", str(tmp_path / "pc.csv"))
+    assert result.exit_code == 0, result.output
+    (used,) = json.loads(result.stdout)
+    import csv
+
+    rows = {row["class"]: float(row["event_f1"]) for row in csv.DictReader(open(tmp_path / "pc.csv"))}
+    assert rows == pytest.approx(saved["f1"], abs=1e-6)
+    assert used["event_macro_f1"] >= default["event_macro_f1"] - 1e-9
+    assert used["event_rule"]["on"] == [saved["on"][c] for c in sorted(saved["on"])]
+    clip = str(scenes / "scenes" / "audio" / "test-0000.wav")
+    result = CliRunner().invoke(app, ["predict", clip, "--model", str(scenes / "htsat.pt"), "--events",
+                                      "--event-rule", str(tuned), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (obj,) = json.loads(result.stdout)
+    assert obj["event_rule"]["on"] == [saved["on"].get(name, 0.5) for name in ("dog", "rooster")]
+    result = CliRunner().invoke(app, ["predict", clip, "--model", str(scenes / "htsat.pt"), "--event-rule", str(tuned)])
+    assert result.exit_code == 2 and "add --events" in result.stderr
+
+
+def test_a_saved_rule_names_classes_the_model_lacks(tmp_path):
+    from tagger.errors import TaggerError
+    from tagger.inference.events import EventRule, read_rule, write_rule
+
+    write_rule(tmp_path / "r.json", EventRule(on=(0.3, 0.8), off=(0.1, 0.4)), ["dog", "cat"])
+    rule = read_rule(tmp_path / "r.json", ["cat", "cow", "dog"], EventRule(on=0.6))
+    assert rule.on == (0.8, 0.6, 0.3) and rule.off == (0.4, 0.3, 0.1)
+    with pytest.raises(TaggerError, match="classes the model does not have: cat"):
+        read_rule(tmp_path / "r.json", ["dog"], EventRule())
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(TaggerError, match="not an event-rule file"):
+        read_rule(tmp_path / "x.json", ["dog"], EventRule())

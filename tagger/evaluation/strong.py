@@ -19,7 +19,7 @@ import numpy as np
 from tagger.data.strong import StrongLabels, audio_finder, check_durations, read_label_map, read_strong
 from tagger.errors import TaggerError
 from tagger.evaluation import sed
-from tagger.inference.events import EventRule
+from tagger.inference.events import EventRule, detect_events
 from tagger.inference.predict import EVENT_WINDOW, FileResult, PredictOptions, predict_files
 from tagger.inference.runtime import Scorer
 
@@ -37,7 +37,17 @@ class StrongResult:
     classes: list[str]
     psds1: sed.PsdsResult
     psds2: sed.PsdsResult
+    truth: dict[str, list[tuple[float, float, str]]] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    rule: EventRule = EventRule()
+    frame_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def tune(self, metric: str = "event") -> tuple[EventRule, dict[str, dict[str, float]]]:
+        """Per-class onset thresholds that maximise each class's event (or segment) F1 on these files, with the
+        rule's off/on ratio, median filter, gap and length kept; (the rule, {class: {"on", "f1"}})."""
+        return tune_thresholds(self.scores, self.truth, self.durations, self.classes, self.frame_seconds, self.rule,
+                               metric)
 
     def save_scores(self, out_dir: str | Path) -> Path:
         sed.write_scores(out_dir, self.scores, self.classes)
@@ -79,6 +89,7 @@ def evaluate_strong(
     if not classes:
         raise TaggerError(f"{annotations}: no events to score against")
     columns = [scorer.labels.names.index(name) for name in classes]
+    rule = _scored_rule(rule, columns, scorer.num_classes)
     options = PredictOptions(window=window, hop=hop, events=_for_columns(rule, columns, scorer.num_classes),
                              timeline=True, timeline_columns=None, batch_size=batch_size)
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -119,7 +130,50 @@ def evaluate_strong(
     if joined:
         notes.append(f"{joined} annotated events overlapped or touched another of their class in the same file and "
                      "were joined with it (sed_scores_eval scores one event per stretch of a class)")
-    return StrongResult(metrics, per_class, scores, classes, psds1, psds2, notes)
+    return StrongResult(metrics, per_class, scores, classes, psds1, psds2, truth, durations, rule, float(step), notes)
+
+
+TUNING_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # onset thresholds tried: 0.05 ... 0.95
+
+
+def tune_thresholds(scores: dict[str, tuple[np.ndarray, np.ndarray]], truth: dict, durations: dict[str, float],
+                    classes: list[str], frame_seconds: float, rule: EventRule, metric: str = "event",
+                    ) -> tuple[EventRule, dict[str, dict[str, float]]]:
+    """For each class, the onset threshold of TUNING_GRID whose events (found by the shared post-processing, with
+    off = on x the rule's off/on ratio) give that class the best event-based (or segment-based) F1; ties go to the
+    lowest threshold. Returns the per-class rule over `classes` and what each class reached."""
+    if metric not in ("event", "segment"):
+        raise TaggerError(f"tuning metric {metric!r} is not one of event, segment")
+    if isinstance(rule.on, tuple):
+        raise TaggerError("tune from one onset threshold for every class, not per-class thresholds")
+    ratio = rule.off / rule.on
+    best: dict[str, dict[str, float]] = {c: {"on": TUNING_GRID[0], "f1": -1.0} for c in classes}
+    for on in TUNING_GRID:
+        trial = EventRule(on=on, off=on * ratio, min_duration=rule.min_duration, min_gap=rule.min_gap,
+                          median_filter=rule.median_filter)
+        found = {key: [(e.onset, e.offset, classes[e.label])
+                       for e in detect_events(frames, frame_seconds, trial, durations[key])]
+                 for key, (_, frames) in scores.items()}
+        if metric == "event":
+            result = sed.event_f1(found, truth, classes, durations=durations)
+        else:
+            result = sed.segment_f1(found, truth, classes, durations)
+        for row in result.per_class:
+            if row["f1"] > best[row["class"]]["f1"]:
+                best[row["class"]] = {"on": on, "f1": float(row["f1"])}
+    on = tuple(best[c]["on"] for c in classes)
+    tuned = EventRule(on=on, off=tuple(v * ratio for v in on), min_duration=rule.min_duration, min_gap=rule.min_gap,
+                      median_filter=rule.median_filter)
+    return tuned, best
+
+
+def _scored_rule(rule: EventRule, columns: list[int], num_classes: int) -> EventRule:
+    """The rule over the scored classes only: per-class thresholds given for every class of the model (a saved
+    rule read for it) are narrowed to the scored ones, so results list one threshold per scored class."""
+    if not isinstance(rule.on, tuple) or len(rule.on) == len(columns) or len(rule.on) != num_classes:
+        return rule
+    return EventRule(on=tuple(rule.on[c] for c in columns), off=tuple(rule.off[c] for c in columns),
+                     min_duration=rule.min_duration, min_gap=rule.min_gap, median_filter=rule.median_filter)
 
 
 def _for_columns(rule: EventRule, columns: list[int], num_classes: int) -> EventRule:

@@ -90,6 +90,47 @@ class EventRule:
                 "min_gap": self.min_gap, "min_duration": self.min_duration}
 
 
+RULE_FORMAT = "tagger-event-rule"
+
+
+def write_rule(path, rule: EventRule, classes: list[str], extra: dict | None = None) -> None:
+    """Save a rule whose thresholds are per class as JSON keyed by class name, so any model with those classes
+    can use it (`read_rule`); `extra` records how it was made (what it was tuned on, the F1 each class reached)."""
+    import json
+
+    from tagger.fileio import atomic_write_text
+
+    on, off = rule.thresholds(len(classes))
+    payload = {"format": RULE_FORMAT, "on": dict(zip(classes, on.tolist(), strict=True)),
+               "off": dict(zip(classes, off.tolist(), strict=True)), "median_filter": rule.median_filter,
+               "min_gap": rule.min_gap, "min_duration": rule.min_duration, **(extra or {})}
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def read_rule(path, names: list[str], default: EventRule) -> EventRule:
+    """The rule of a `write_rule` file for a model whose classes are `names` (in score order): its classes get
+    their saved thresholds, the others `default`'s; its filter, gap and length settings apply to all."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise TaggerError(f"{path}: not a readable event-rule file ({error.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != RULE_FORMAT:
+        raise TaggerError(f"{path}: not an event-rule file (write one with `tagger evaluate --strong ... --tune-rule`)")
+    unknown = sorted(set(payload["on"]) - set(names))
+    if unknown:
+        raise TaggerError(f"{path}: classes the model does not have: {', '.join(unknown[:10])}")
+    on, off = default.thresholds(len(names))
+    for k, name in enumerate(names):
+        if name in payload["on"]:
+            on[k], off[k] = payload["on"][name], payload["off"][name]
+    return EventRule(on=tuple(on.tolist()), off=tuple(off.tolist()), median_filter=payload["median_filter"],
+                     min_gap=payload["min_gap"], min_duration=payload["min_duration"])
+
+
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 

@@ -226,7 +226,8 @@ class PredictSummary:
 def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precision: str = "fp32",
                 batch_size: int = 8, window=None, hop=None, aggregate: str = "mean", per_window: bool = False,
                 events: bool = False, onset: float = 0.5, offset=None, min_duration: float = 0.1,
-                min_gap: float = 0.0, median_filter: float = 0.0, input_settings=None) -> PredictSummary:
+                min_gap: float = 0.0, median_filter: float = 0.0, event_rule=None,
+                input_settings=None) -> PredictSummary:
     """What `tagger predict` does: expand inputs, load the model, score with a progress bar, write via `sink`."""
     from tagger import console
     from tagger.inference.events import EventRule
@@ -244,6 +245,12 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
     if not files:
         return PredictSummary(0, failed)
     tagger = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
+    if event_rule is not None and rule is not None:  # per-class thresholds saved by evaluate --strong --tune-rule
+        from dataclasses import replace
+
+        from tagger.inference.events import read_rule
+
+        options = replace(options, events=read_rule(event_rule, tagger.labels.names, rule))
     sink.start(tagger.labels, len(files))
 
     def on_error(problem) -> None:
