@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -596,11 +595,13 @@ def evaluate_command(
     if strong is not None:
         if manifest is not None or audio_dir is None:
             raise TaggerError("--strong scores the files its annotation names: give --audio-dir and no manifest")
+        from tagger.inference.events import EventRule
+
+        rule = EventRule(on=onset_threshold, off=offset_threshold, min_duration=min_duration, min_gap=min_gap,
+                         median_filter=median_filter)
         _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
-                         precision, _inputs(short_input, long_input),
-                         EventRuleArgs(onset_threshold, offset_threshold, min_duration, min_gap, median_filter,
-                                       event_rule),
-                         (window, hop), (tune_rule, tune_for))
+                         precision, _inputs(short_input, long_input), rule, event_rule, (window, hop),
+                         (tune_rule, tune_for))
         return
     if window is not None or hop is not None:
         raise TaggerError("--window and --hop apply with --strong only")
@@ -636,31 +637,20 @@ def evaluate_command(
     console.render([result.metrics], fmt, title=f"evaluation of {tagger.source}")
 
 
-@dataclass(frozen=True)
-class EventRuleArgs:
-    on: float
-    off: float | None
-    min_duration: float
-    min_gap: float
-    median_filter: float
-    saved: Path | None = None  # --event-rule
-
-
 def _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
-                     precision, input_settings, rule_args: EventRuleArgs, windows: tuple, tuning: tuple) -> None:
+                     precision, input_settings, rule, saved_rule, windows: tuple, tuning: tuple) -> None:
+    """evaluate --strong: `rule` from the event options, `saved_rule` the --event-rule file laid over it."""
     from tagger import console
     from tagger.evaluation.strong import evaluate_strong
-    from tagger.inference.events import EventRule, read_rule, write_rule
+    from tagger.inference.events import read_rule, write_rule
     from tagger.inference.runtime import Scorer
 
-    rule = EventRule(on=rule_args.on, off=rule_args.off, min_duration=rule_args.min_duration,
-                     min_gap=rule_args.min_gap, median_filter=rule_args.median_filter)
     tune_path, tune_for = tuning
-    if tune_path is not None and rule_args.saved is not None:
+    if tune_path is not None and saved_rule is not None:
         raise TaggerError("--tune-rule starts from one threshold for all classes: drop --event-rule")
     scorer = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
-    if rule_args.saved is not None:
-        rule = read_rule(rule_args.saved, scorer.labels.names, rule)
+    if saved_rule is not None:
+        rule = read_rule(saved_rule, scorer.labels.names, rule)
     with console.counting("scoring", "files") as progress:
         result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, window=windows[0],
                                  hop=windows[1], batch_size=batch_size, on_progress=progress)

@@ -205,5 +205,5 @@ def _join_overlaps(truth: dict[str, list[tuple[float, float, str]]]) -> tuple[di
 
 
 def _detections(result: FileResult, scorer: Scorer, classes: set[str]) -> list[tuple[float, float, str]]:
-    names = [scorer.labels.name_of(e.label) for e in result.events or ()]
-    return [(e.onset, e.offset, name) for e, name in zip(result.events or (), names, strict=True) if name in classes]
+    found = [(e.onset, e.offset, scorer.labels.name_of(e.label)) for e in result.events or ()]
+    return [event for event in found if event[2] in classes]
