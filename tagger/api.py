@@ -216,20 +216,33 @@ def import_checkpoint(family: str, path: str | Path, out: str | Path, arch: str 
     return convert(family, path, out, arch=arch, labels=label_set, task=task, force=force)
 
 
-def train(train: str | Path, valid: str | Path, out: str | Path, arch: str | None = None,
+def train(train: str | Path | None, valid: str | Path, out: str | Path, arch: str | None = None,
           recipe: str | Path | None = None, overrides: Sequence[str] = (), labels: str | Path | None = None,
           train_folds: Sequence[int] | None = None, valid_folds: Sequence[int] | None = None,
-          audio_dir: str | Path | None = None, show_progress: bool = True):
+          audio_dir: str | Path | None = None, strong: str | Path | None = None,
+          valid_strong: str | Path | None = None, strong_label_map: str | Path | None = None,
+          show_progress: bool = True):
     """Train a model as `tagger train` does: a recipe (shipped name or TOML) and `section.key=value` overrides
-    make the config; `train`/`valid` are manifests, packs, HDF5 files or feature stores. Returns a TrainResult
-    (run_dir, epochs, steps, best, metric, last_metrics, stop_reason, seconds); checkpoints are in run_dir."""
+    make the config; `train`/`valid` are manifests, packs, HDF5 files or feature stores. `strong` (and
+    `valid_strong`) are strong-label files (DCASE TSV, AudioSet-Strong TSV, predict --events output) for those
+    clips: the model's frame output learns them too. With `strong` and no `train`, the annotated clips (found in
+    `audio_dir`) are the training set. Returns a TrainResult (run_dir, epochs, steps, best, metric, last_metrics,
+    stop_reason, seconds); checkpoints are in run_dir."""
     from tagger.training import trainer
     from tagger.training.config import build_config
+    from tagger.training.frames import strong_manifest
 
     config = build_config(None if recipe is None else str(recipe), list(overrides), arch)
-    return trainer.train(config, trainer.data_spec(train, _folds(train_folds), audio_dir),
-                         trainer.data_spec(valid, _folds(valid_folds), audio_dir), out, labels,
-                         show_progress=show_progress)
+    valid_dir = audio_dir
+    if train is None:
+        if strong is None or audio_dir is None:
+            raise TaggerError("give the training clips (--train), or a strong-label file (--strong) and the folder "
+                              "of its audio (--audio-dir)")
+        train = strong_manifest(strong, audio_dir, Path(out) / "strong-train.csv", strong_label_map)
+        valid_dir = None  # --audio-dir was the annotation's folder; the validation manifest keeps its own
+    return trainer.train(config, trainer.data_spec(train, _folds(train_folds), audio_dir, strong, strong_label_map),
+                         trainer.data_spec(valid, _folds(valid_folds), valid_dir, valid_strong, strong_label_map),
+                         out, labels, show_progress=show_progress)
 
 
 def resume(run_dir: str | Path, show_progress: bool = True):

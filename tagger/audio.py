@@ -212,6 +212,13 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 def crop_or_pad(wave: np.ndarray, length: int, mode: str = "start",
                 generator: np.random.Generator | None = None) -> np.ndarray:
     """Fix the last axis to `length` samples; "start" keeps the head / pads the end as AST and PANNs do."""
+    return crop_or_pad_from(wave, length, mode, generator)[0]
+
+
+def crop_or_pad_from(wave: np.ndarray, length: int, mode: str = "start",
+                     generator: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
+    """`crop_or_pad` and the sample of `wave` the result starts at (negative: that many zeros come first), so
+    that strong labels can follow the crop. Draws the same random numbers as `crop_or_pad`."""
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length <= 0:
         raise TaggerError(f"length must be a positive integer number of samples, got {length!r}")
     if mode not in CROP_MODES:
@@ -223,9 +230,9 @@ def crop_or_pad(wave: np.ndarray, length: int, mode: str = "start",
     size = wave.shape[-1]
     offset = _offset(abs(size - length), mode, generator)
     if size >= length:
-        return wave[..., offset:offset + length].copy()
+        return wave[..., offset:offset + length].copy(), offset
     pad = [(0, 0)] * (wave.ndim - 1) + [(offset, length - size - offset)]
-    return np.pad(wave, pad)
+    return np.pad(wave, pad), -offset
 
 
 def _offset(slack: int, mode: str, generator: np.random.Generator | None) -> int:

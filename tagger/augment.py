@@ -25,6 +25,7 @@ __all__ = [
     "random_gain",
     "spec_augment",
     "time_roll",
+    "time_roll_by",
 ]
 
 MIX_KINDS = ("perm", "pairs", "flip")
@@ -44,10 +45,16 @@ def random_gain(wave: np.ndarray, max_db: int, rng: np.random.Generator) -> np.n
 
 def time_roll(wave: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """Circular shift along time by an integer in [-max_shift, max_shift] samples (PaSST `roll`)."""
+    return time_roll_by(wave, max_shift, rng)[0]
+
+
+def time_roll_by(wave: np.ndarray, max_shift: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """`time_roll` and the shift it drew (sample i of the result is sample i - shift, modulo the length), so that
+    strong labels can follow it. Draws the same random numbers as `time_roll`."""
     if max_shift <= 0:
-        return wave
+        return wave, 0
     shift = int(rng.integers(-max_shift, max_shift + 1))
-    return np.roll(wave, shift, axis=-1)
+    return np.roll(wave, shift, axis=-1), shift
 
 
 def mix_waveforms(first: np.ndarray, second: np.ndarray, lam: float) -> np.ndarray:

@@ -429,6 +429,13 @@ def train_command(
     train_folds: Annotated[str | None, typer.Option(help="Folds of --train to use (ESC-50), e.g. 1,2,3.")] = None,
     valid_folds: Annotated[str | None, typer.Option(help="Folds of --valid to use, e.g. 4.")] = None,
     audio_dir: Annotated[Path | None, typer.Option(help="Folder the manifests' audio paths are relative to.")] = None,
+    strong: Annotated[Path | None, typer.Option(
+        help="Strong labels (DCASE TSV, AudioSet-Strong TSV or predict --events output) of training clips: the frame "
+             "output learns them. Without --train, its clips (found in --audio-dir) are the training set.")] = None,
+    valid_strong: Annotated[Path | None, typer.Option(
+        help="Strong labels of the validation clips: metrics.csv gets valid_frame_loss.")] = None,
+    strong_label_map: Annotated[Path | None, typer.Option(
+        help="CSV from,to mapping the strong files' labels onto the run's classes.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder exactly where it stopped.")
                       ] = None,
     fmt: FormatOption = "table",
@@ -440,19 +447,21 @@ def train_command(
     try:
         if resume is not None:
             given = [n for n, v in (("--arch", arch), ("--train", train), ("--valid", valid), ("--recipe", recipe),
-                                     ("--set", set_), ("--init", init), ("--out", out)) if v]
+                                     ("--set", set_), ("--init", init), ("--out", out), ("--strong", strong),
+                                     ("--valid-strong", valid_strong)) if v]
             if given:
                 raise TaggerError(f"--resume continues with the run's saved settings; drop {', '.join(given)}")
             result = api.resume(resume)
         else:
-            missing = [n for n, v in (("--train", train), ("--valid", valid), ("--out", out)) if v is None]
+            missing = [n for n, v in (("--train", train or strong), ("--valid", valid), ("--out", out)) if v is None]
             if missing:
                 raise TaggerError(f"missing {', '.join(missing)}; e.g. tagger train --arch NAME --train T --valid V "
-                                  "--out RUN_DIR")
+                                  "--out RUN_DIR (or --strong ANN.tsv --audio-dir DIR instead of --train)")
             overrides = list(set_ or []) + ([f"model.init={init}"] if init else [])
             result = api.train(train, valid, out, arch=arch, recipe=recipe, overrides=overrides, labels=labels,
                                train_folds=_parse_folds(train_folds), valid_folds=_parse_folds(valid_folds),
-                               audio_dir=audio_dir)
+                               audio_dir=audio_dir, strong=strong, valid_strong=valid_strong,
+                               strong_label_map=strong_label_map)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":
             console.log(f"interrupted; progress saved. Continue with: tagger train --resume {resume or out}")

@@ -167,3 +167,71 @@ class WeightedSampler(torch.utils.data.Sampler[int]):
             raise TaggerError(f"sampler position {position} is outside this epoch's {len(self)} indices")
         self.epoch = int(state["epoch"])
         self._position = position
+
+
+class BatchShareSampler(torch.utils.data.Sampler[int]):
+    """Batches that take a fixed share of their clips from one pool and the rest from another, as the DCASE
+    baselines compose theirs from strongly and weakly labelled sets.
+
+    Each pool is shuffled once per epoch (seeded by seed and epoch) and read in order, starting over when a pool
+    runs out. Position p of rank r lies in that rank's batch p // batch, global batch (p // batch) * world_size + r,
+    so what any position draws is fixed: ranks never share a clip within a pass over a pool, and a resumed run
+    skips exactly the positions it trained, as with WeightedSampler.
+    """
+
+    def __init__(self, first, second, batch: int, share: float, num_samples: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        self.pools = [np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)]
+        if not len(self.pools[0]) or not len(self.pools[1]):
+            raise TaggerError("a batch share needs clips in both pools (strongly and weakly labelled)")
+        if not 0 < share < 1:
+            raise TaggerError(f"the batch share {share} must lie strictly between 0 and 1")
+        if batch < 2:
+            raise TaggerError(f"a batch of {batch} clip cannot be shared between two pools; use 2 or more")
+        if num_samples < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise TaggerError(f"num_samples {num_samples}, rank {rank} and world_size {world_size} are invalid")
+        self.batch = int(batch)
+        self.first_count = min(self.batch - 1, max(1, round(share * self.batch)))  # clips of pool 0 per batch
+        self.num_samples, self.seed, self.rank, self.world_size = int(num_samples), int(seed), rank, world_size
+        self.epoch = 0
+        self._position = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self._position = 0
+
+    def local_indices(self) -> np.ndarray:
+        """This rank's indices for the epoch, in order."""
+        orders = [np.random.default_rng([_epoch_seed(self.seed, self.epoch), pool]).permutation(len(p))
+                  for pool, p in enumerate(self.pools)]
+        position = np.arange(len(self))
+        slot = position % self.batch
+        global_batch = (position // self.batch) * self.world_size + self.rank
+        counts = (self.first_count, self.batch - self.first_count)
+        out = np.empty(len(self), dtype=np.int64)
+        for pool, in_pool in enumerate((slot < counts[0], slot >= counts[0])):
+            rank_in_batch = slot[in_pool] - (0 if pool == 0 else counts[0])
+            draw = (global_batch[in_pool] * counts[pool] + rank_in_batch) % len(self.pools[pool])
+            out[in_pool] = self.pools[pool][orders[pool][draw]]
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        local = self.local_indices().tolist()
+        for position in range(self._position, len(local)):
+            self._position = position + 1
+            yield local[position]
+        self._position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise TaggerError(f"sampler position {position} is outside this epoch's {len(self)} indices")
+        self.epoch = int(state["epoch"])
+        self._position = position

@@ -65,6 +65,15 @@ class LossConfig:
 
 
 @dataclass
+class StrongConfig:
+    """Strong-label (frame-level) training, used when the run has --strong labels."""
+
+    frame_weight: float = 1.0  # loss = clip loss + frame_weight * frame loss (DCASE baselines: 1)
+    batch_share: float = 0.0  # share of each batch drawn from the strongly labelled clips; 0 = as the sampler draws
+    # (DCASE baselines fix it per batch; 0.5 mixes strong and weak clips half and half)
+
+
+@dataclass
 class OptimConfig:
     name: str = "adam"  # adam | adamw
     lr: float = 1e-3
@@ -122,6 +131,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    strong: StrongConfig = field(default_factory=StrongConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -141,14 +151,14 @@ CHOICES = {
     "schedule.unit": ("epoch", "step"),
     "run.precision": ("fp32", "bf16", "fp16"),
     "run.channels_last": ("auto", "on", "off"),
-    "run.metric": ("auto", "mAP", "mAUC", "accuracy", "loss"),
+    "run.metric": ("auto", "mAP", "mAUC", "accuracy", "loss", "frame_loss"),
 }
 
 NON_NEGATIVE = (
     "data.clip_seconds", "data.eval_clip_seconds", "data.num_workers", "data.epoch_length", "data.eval_batch_size",
     "augment.wave_mixup", "augment.freqm", "augment.timem", "augment.freq_masks", "augment.time_masks",
     "augment.roll", "augment.gain_db", "optim.weight_decay", "optim.clip_grad", "schedule.warmup_steps",
-    "run.eval_every_steps", "run.patience", "run.seed",
+    "run.eval_every_steps", "run.patience", "run.seed", "strong.frame_weight", "strong.batch_share",
 )
 POSITIVE = (
     "data.batch_size", "data.micro_batches", "augment.wave_mixup_alpha", "augment.spec_mixup_alpha", "optim.lr",
@@ -322,6 +332,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise TaggerError(f"loss.kd_lambda={config.loss.kd_lambda} must be in [0, 1]")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise TaggerError(f"optim.betas={config.optim.betas} must be two numbers in [0, 1)")
+    if not 0 <= config.strong.batch_share < 1:
+        raise TaggerError(f"strong.batch_share={config.strong.batch_share} is a share of each batch in [0, 1); "
+                          "0 draws clips as the sampler does")
     if config.data.clip_seconds <= 0:
         raise TaggerError(f"data.clip_seconds={config.data.clip_seconds} must be > 0")
     if config.data.batch_size % config.data.micro_batches:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tagger import audio
-from tagger.augment import draw_mix_lambda, mix_waveforms, random_gain, time_roll
+from tagger.augment import draw_mix_lambda, mix_waveforms, random_gain, time_roll_by
 from tagger.data.clips import Clips, open_clips
 from tagger.data.dataset import CachedFeatureDataset
 from tagger.data.sampling import WeightedSampler, balanced_weights_csr
@@ -26,6 +26,7 @@ from tagger.data.table import ClipTable, LabelColumn, StringColumn
 from tagger.errors import TaggerError
 from tagger.labels import LabelSet
 from tagger.training.config import AugmentConfig, DataConfig
+from tagger.training.frames import FrameTargets
 
 
 @dataclass
@@ -261,26 +262,34 @@ def _item_rng(seed: int, epoch: int, rank: int, position: int) -> np.random.Gene
 
 
 class TrainWaves(Dataset):
-    """Training clips as waveforms: random crop, gain, roll, then waveform mixup with a random other clip."""
+    """Training clips as waveforms: random crop, gain, roll, then waveform mixup with a random other clip.
+
+    With `frames` (strong labels), items also hold `frames` (T, C) targets that follow the crop, roll and mixup,
+    and `has_frames`: whether they are known (a mix of a strong and a weak clip has none).
+    """
 
     def __init__(self, source: Source, targets: Targets, sample_rate: int, clip_seconds: float,
-                 augment: AugmentConfig, seed: int, rank: int = 0, teacher: Teacher | None = None):
+                 augment: AugmentConfig, seed: int, rank: int = 0, teacher: Teacher | None = None,
+                 frames: FrameTargets | None = None):
         if source.clips is None:
             raise TaggerError("TrainWaves needs audio clips, not a feature store")
         self.clips = source.clips
         self.targets = targets
         self.sample_rate = sample_rate
         self.num_samples = int(round(clip_seconds * sample_rate))
-        self.augment, self.seed, self.rank, self.teacher = augment, seed, rank, teacher
+        self.augment, self.seed, self.rank, self.teacher, self.frames = augment, seed, rank, teacher, frames
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def _clip(self, index: int, rng: np.random.Generator) -> np.ndarray:
+    def _clip(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """(augmented wave, its frame targets or None) of clip `index`."""
         wave = self.clips.load(index, self.sample_rate)
-        wave = audio.crop_or_pad(wave, self.num_samples, mode="random", generator=rng)
+        wave, start = audio.crop_or_pad_from(wave, self.num_samples, mode="random", generator=rng)
         wave = random_gain(wave, self.augment.gain_db, rng)
-        return time_roll(wave, self.augment.roll, rng)
+        wave, shift = time_roll_by(wave, self.augment.roll, rng)
+        frames = self.frames(index, start, shift) if self.frames is not None and self.frames.has(index) else None
+        return wave, frames
 
     def _teacher(self, index: int) -> tuple[np.ndarray, bool]:
         probs, found = self.teacher.lookup(self.clips.ids[index])
@@ -289,15 +298,17 @@ class TrainWaves(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, position, index = key
         rng = _item_rng(self.seed, epoch, self.rank, position)
-        wave, target = self._clip(index, rng), self.targets[index]
+        (wave, frames), target = self._clip(index, rng), self.targets[index]
         item: dict = {"index": index}
         if self.teacher is not None:
             item["teacher"], item["has_teacher"] = self._teacher(index)
         if self.augment.wave_mixup > 0 and rng.random() < self.augment.wave_mixup:
             partner = int(rng.integers(len(self.clips)))
             lam = draw_mix_lambda(self.augment.wave_mixup_alpha, rng, self.augment.wave_mixup_max)
-            wave = mix_waveforms(wave, self._clip(partner, rng), lam)
+            other, other_frames = self._clip(partner, rng)
+            wave = mix_waveforms(wave, other, lam)
             target = lam * target + (1 - lam) * self.targets[partner]
+            frames = None if frames is None or other_frames is None else lam * frames + (1 - lam) * other_frames
             if self.teacher is not None:
                 probs, found = self._teacher(partner)
                 item["teacher"] = lam * item["teacher"] + (1 - lam) * probs
@@ -306,7 +317,17 @@ class TrainWaves(Dataset):
         item["target"] = torch.from_numpy(np.asarray(target, dtype=np.float32))
         if self.teacher is not None:
             item["teacher"] = torch.from_numpy(np.asarray(item["teacher"], dtype=np.float32))
+        if self.frames is not None:
+            item.update(_frame_fields(self.frames, frames))
         return item
+
+
+def _frame_fields(targets: FrameTargets, frames: np.ndarray | None) -> dict:
+    """An item's `frames` and `has_frames`: zeros (ignored by the loss) where the clip has no strong labels."""
+    if frames is None:
+        frames = np.zeros((targets.grid.frames, targets.num_classes), dtype=np.float32)
+        return {"frames": torch.from_numpy(frames), "has_frames": False}
+    return {"frames": torch.from_numpy(np.asarray(frames, dtype=np.float32)), "has_frames": True}
 
 
 class TrainFeatures(Dataset):
@@ -334,8 +355,9 @@ class TrainFeatures(Dataset):
 class EvalWaves(Dataset):
     """Validation clips: the start of each clip, zero-padded to a fixed length, as the official eval loaders."""
 
-    def __init__(self, source: Source, targets: np.ndarray, sample_rate: int, clip_seconds: float):
-        self.clips, self.targets = source.clips, targets
+    def __init__(self, source: Source, targets: np.ndarray, sample_rate: int, clip_seconds: float,
+                 frames: FrameTargets | None = None):
+        self.clips, self.targets, self.frames = source.clips, targets, frames
         self.sample_rate = sample_rate
         self.num_samples = int(round(clip_seconds * sample_rate))
 
@@ -344,8 +366,11 @@ class EvalWaves(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         wave = audio.crop_or_pad(self.clips.load(index, self.sample_rate), self.num_samples, "start")
-        return {"wave": torch.from_numpy(wave), "index": index,
+        item = {"wave": torch.from_numpy(wave), "index": index,
                 "target": torch.from_numpy(np.asarray(self.targets[index], dtype=np.float32))}
+        if self.frames is not None:
+            item.update(_frame_fields(self.frames, self.frames(index) if self.frames.has(index) else None))
+        return item
 
 
 def _quiet_worker(_: int) -> None:

@@ -17,10 +17,11 @@ from tagger.training.config import TrainConfig
 _NORMALISATION_KEYS = {"mean", "std", "std_scale", "target_length"}
 
 
-def build_model(config: TrainConfig, labels: LabelSet, saved_kwargs: dict[str, Any] | None = None
-                ) -> tuple[TaggerModel, list[str]]:
-    """(model, notes for the user). `saved_kwargs` rebuilds a resumed run's model without reading its init."""
-    arch, kwargs, init = config.model.arch, dict(config.model.kwargs), config.model.init
+def build_model(config: TrainConfig, labels: LabelSet, saved_kwargs: dict[str, Any] | None = None,
+                extra_kwargs: dict[str, Any] | None = None) -> tuple[TaggerModel, list[str]]:
+    """(model, notes for the user). `saved_kwargs` rebuilds a resumed run's model without reading its init;
+    `extra_kwargs` are what the run itself needs (frame output for strong labels), under the recipe's own."""
+    arch, kwargs, init = config.model.arch, {**(extra_kwargs or {}), **config.model.kwargs}, config.model.init
     if saved_kwargs is not None:
         return create_model(arch, **saved_kwargs), []
     kwargs["num_classes"] = len(labels)

@@ -13,7 +13,9 @@ from torch import Tensor
 from tagger.augment import MixPlan, mix_targets
 from tagger.errors import TaggerError
 
-__all__ = ["LOSS_KINDS", "distillation_loss", "label_loss", "soft_targets", "teacher_targets", "training_loss"]
+__all__ = [
+    "LOSS_KINDS", "distillation_loss", "frame_loss", "label_loss", "soft_targets", "teacher_targets", "training_loss",
+]
 
 LOSS_KINDS = ("bce", "ce")
 
@@ -91,3 +93,18 @@ def training_loss(logits: Tensor, targets: Tensor, kind: str, teacher: Tensor | 
     kd = distillation_loss(logits, teacher, has_teacher)
     total = kd_lambda * label + (1.0 - kd_lambda) * kd
     return total, {"label_loss": label.detach(), "kd_loss": kd.detach()}
+
+
+def frame_loss(frame_logits: Tensor, frame_targets: Tensor, has_frames: Tensor) -> Tensor:
+    """Strong-label loss: BCE-with-logits over every frame and class, averaged over the rows that have strong labels.
+
+    Like `distillation_loss`, rows without strong labels weigh 0 (no host sync), and a batch without any gives a
+    zero that still carries a gradient.
+    """
+    if frame_logits.shape != frame_targets.shape:
+        raise TaggerError(f"frame output {tuple(frame_logits.shape)} and frame targets {tuple(frame_targets.shape)} "
+                          "differ in shape; the model's frame output must have one row per front-end frame")
+    has = has_frames.to(device=frame_logits.device, dtype=frame_logits.dtype)
+    targets = frame_targets.to(device=frame_logits.device, dtype=frame_logits.dtype)
+    per_row = F.binary_cross_entropy_with_logits(frame_logits, targets, reduction="none").mean(dim=(1, 2))
+    return (per_row * has).sum() / has.sum().clamp(min=1.0)

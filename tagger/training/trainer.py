@@ -47,8 +47,9 @@ from tagger.training.data import (
     read_source,
     source_labels,
 )
+from tagger.training.frames import FrameGrid, FrameTargets, clip_keys, read_training_strong
 from tagger.training.init import build_model, cached_features
-from tagger.training.losses import label_loss, training_loss
+from tagger.training.losses import frame_loss, label_loss, training_loss
 from tagger.training.schedules import lr_factor
 
 RESUME_VERSION = 1
@@ -148,19 +149,26 @@ def fused_optimizer_ok(params: list[torch.Tensor]) -> bool:
 
 
 class FeatureNet(nn.Module):
-    """model.forward_features as a module's forward, so DDP and torch.compile see only the trained part."""
+    """model.forward_features as a module's forward, so DDP and torch.compile see only the trained part: the clip
+    logits, and with `frames` also the frame logits (strong-label training)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, frames: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.frames = model, frames
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(spec).logits
+    def forward(self, spec: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_features(spec)
+        return (out.logits, out.frame_logits) if self.frames else out.logits
 
 
-def metric_columns(task: str) -> list[str]:
+FRAME_OUTPUT_FAMILIES = ("efficientat", "psla")  # frame output is an option of theirs (model kwarg frame_output)
+
+
+def metric_columns(task: str, frames: bool = False) -> list[str]:
+    """metrics.csv's columns; `frames`: the validation set has strong labels, so its frame loss is measured."""
     quality = ["accuracy", "mAP", "mAUC", "d_prime"] if task == "multiclass" else ["mAP", "mAUC", "d_prime", "lwlrap"]
-    return ["epoch", "step", "train_loss", "valid_loss", *quality, "lr", "clips_per_s", "elapsed_s"]
+    frame = ["valid_frame_loss"] if frames else []
+    return ["epoch", "step", "train_loss", "valid_loss", *frame, *quality, "lr", "clips_per_s", "elapsed_s"]
 
 
 class Trainer:
@@ -184,22 +192,26 @@ class Trainer:
         self.loss_kind = cfg.loss.kind if cfg.loss.kind != "auto" else ("ce" if self.task == "multiclass" else "bce")
         self.metric = cfg.run.metric if cfg.run.metric != "auto" else (
             "accuracy" if self.task == "multiclass" else "mAP")
-        self.columns = metric_columns(self.task)
-        if self.metric not in (*self.columns, "loss"):
-            raise TaggerError(f"run.metric={self.metric} is not computed for a {self.task} task; "
+        self.strong_specs = {"train": train.get("strong"), "valid": valid.get("strong")}
+        self.columns = metric_columns(self.task, frames=bool(self.strong_specs["valid"]))
+        if self.metric not in (*self.columns, "loss") and not (self.metric == "frame_loss" and
+                                                               "valid_frame_loss" in self.columns):
+            raise TaggerError(f"run.metric={self.metric} is not computed for this run ({self.task}"
+                              f"{', no strong validation labels' if self.metric == 'frame_loss' else ''}); "
                               f"use one of {', '.join(c for c in self.columns[4:-3])} or loss")
 
         resume = saved_kwargs is not None
         torch.manual_seed(_seed(cfg.run.seed, 0, 2**31))  # the same seed gives the same initial weights
-        self.model, init_notes = build_model(cfg, self.labels, saved_kwargs)
+        self.model, init_notes = build_model(cfg, self.labels, saved_kwargs, self._frame_kwargs())
         self.model.to(self.ctx.device)
         self.init_notes = init_notes
+        self.grids = self._frame_grids()
         self._check_batch()
         self.state = TrainState()
         self._build_data()
         if not resume:  # a resumed run keeps the split it started with, so its steps stay the same
             self._fit_memory()
-        self.net = self._wrap(FeatureNet(self.model))
+        self.net = self._wrap(FeatureNet(self.model, frames=self.strong_specs["train"] is not None))
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler("cuda") if cfg.run.precision == "fp16" else None
         if cfg.run.precision == "fp16" and self.ctx.device.type != "cuda":
@@ -218,6 +230,51 @@ class Trainer:
         if store is not None and (store.dir / "labels.csv").is_file():
             return LabelSet.from_csv(store.dir / "labels.csv")
         return LabelSet.from_list(source_labels(self.train_source))
+
+    def _frame_kwargs(self) -> dict:
+        """Strong labels need frame output; the families that give it as an option get it switched on."""
+        from tagger.models import model_entry
+
+        wanted = any(self.strong_specs.values()) and model_entry(self.config.model.arch).family in \
+            FRAME_OUTPUT_FAMILIES
+        return {"frame_output": True} if wanted else {}
+
+    def _frame_grids(self) -> dict[str, FrameGrid]:
+        """Where the training and validation items' output frames sit, found with one dry forward pass (which
+        also shows that the model has frame output at all)."""
+        from tagger.models.policy import frame_seconds
+
+        grids = {}
+        eval_seconds = self.config.data.eval_clip_seconds or self.config.data.clip_seconds
+        for split, seconds in (("train", self.config.data.clip_seconds), ("valid", eval_seconds)):
+            if not self.strong_specs[split]:
+                continue
+            samples = int(round(seconds * self.model.sample_rate))
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                spec = self.model.frontend(torch.zeros(1, samples, device=self.ctx.device))
+                frames = self.model.forward_features(spec).frame_logits
+            self.model.train(was_training)
+            if frames is None:
+                raise TaggerError(
+                    f"{self.config.model.arch} gives no frame-level output, which strong labels train; use a model "
+                    "with one: HTS-AT, PANNs decision-level (panns-cnn14-decisionlevel-*), EfficientAT or PSLA")
+            grids[split] = FrameGrid(int(frames.shape[1]), frame_seconds(self.model), self.model.sample_rate,
+                                     samples)
+        return grids
+
+    def _frame_targets(self, split: str, source) -> FrameTargets | None:
+        spec = self.strong_specs[split]
+        if not spec:
+            return None
+        strong = read_training_strong(spec["path"], self.labels, spec.get("label_map"))
+        paths = [source.clips.where(i) for i in range(len(source))]
+        targets = FrameTargets(strong, clip_keys(list(source.ids), paths), self.labels, self.grids[split])
+        if not targets.count:
+            raise TaggerError(f"none of the {len(source)} {split} clips is in {spec['path']}; its file names (without "
+                              "folders and extension) or ids must match the clips'")
+        return targets
 
     def _check_batch(self) -> None:
         cfg = self.config.data
@@ -268,7 +325,12 @@ class Trainer:
         if cfg.loss.teacher:
             teacher = Teacher.load(cfg.loss.teacher, self.labels, cfg.loss.kd_temperature)
         self.teacher = teacher
-        self.sampler = build_sampler(cfg.data, self.train_targets, cfg.run.seed, ctx.rank, ctx.world_size)
+        if any(self.strong_specs.values()) and (self.train_source.cached or self.valid_source.cached):
+            raise TaggerError("strong labels follow each random crop, so a run with --strong or --valid-strong "
+                              "trains and validates from audio, not from a feature store")
+        self.train_frames = self._frame_targets("train", self.train_source)
+        self.valid_frames = self._frame_targets("valid", self.valid_source)
+        self.sampler = self._sampler()
         rate = self.model.sample_rate
         eval_seconds = cfg.data.eval_clip_seconds or cfg.data.clip_seconds
         if self.train_source.cached:
@@ -281,18 +343,34 @@ class Trainer:
             self.train_set = TrainFeatures(view, self.train_targets, self.train_source.ids, teacher)
         else:
             self.train_set = TrainWaves(self.train_source, self.train_targets, rate, cfg.data.clip_seconds,
-                                        cfg.augment, cfg.run.seed, ctx.rank, teacher)
+                                        cfg.augment, cfg.run.seed, ctx.rank, teacher, self.train_frames)
         if self.valid_source.cached:
             view = cached_features(self.valid_source, self.model, self.labels, eval_seconds)
             self.valid_set = TrainFeatures(view, self.valid_targets, self.valid_source.ids)
         else:
-            self.valid_set = EvalWaves(self.valid_source, self.valid_targets, rate, eval_seconds)
+            self.valid_set = EvalWaves(self.valid_source, self.valid_targets, rate, eval_seconds, self.valid_frames)
         whole = len(self.sampler) // self.rank_batch
         if whole < 1:
             raise TaggerError(f"an epoch of {len(self.sampler)} clips per process is less than one batch of "
                               f"{self.rank_batch}; lower data.batch_size or raise data.epoch_length")
         self.batches_per_epoch = whole * cfg.data.micro_batches  # forward passes (micro-batches) per epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.group)
+
+    def _sampler(self):
+        """The run's sampler; with strong.batch_share, batches hold that share of strongly labelled clips."""
+        from tagger.data.sampling import BatchShareSampler
+
+        cfg, ctx = self.config, self.ctx
+        share = cfg.strong.batch_share
+        if not share or self.train_frames is None:
+            return build_sampler(cfg.data, self.train_targets, cfg.run.seed, ctx.rank, ctx.world_size)
+        strong = np.array([self.train_frames.has(i) for i in range(len(self.train_frames))])
+        if strong.all():
+            raise TaggerError(f"strong.batch_share={share} mixes strongly and weakly labelled clips in each batch, "
+                              "but every training clip has strong labels; set it to 0 or add weak clips (--train)")
+        length = cfg.data.epoch_length or len(strong)
+        return BatchShareSampler(np.flatnonzero(strong), np.flatnonzero(~strong), self.loader_batch, share, length,
+                                 cfg.run.seed, ctx.rank, ctx.world_size)
 
     def _wrap(self, net: nn.Module) -> nn.Module:
         if wants_channels_last(self.config.run.channels_last, self.model.arch, self.ctx.device):
@@ -406,8 +484,15 @@ class Trainer:
     def _describe(self) -> str:
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         source = "cached features" if self.train_source.cached else "audio"
+        strong = ""
+        for split, frames in (("training", self.train_frames), ("validation", self.valid_frames)):
+            if frames is not None:
+                grid = frames.grid
+                strong += (f"{frames.count} {split} clips with strong labels ({grid.frames} frames of "
+                           f"{grid.frame_seconds * 1000:g} ms per item); ")
         return (f"{self.config.model.arch} ({params:.2f} M parameters), {self.task}, {len(self.labels)} classes; "
                 f"{len(self.train_source)} training clips ({source}), {len(self.valid_source)} validation clips; "
+                f"{strong}"
                 f"{self.steps_per_epoch} steps per epoch on {self.ctx.world_size} process(es), "
                 f"device {self.ctx.device}; run folder {self.paths.dir}")
 
@@ -504,6 +589,8 @@ class Trainer:
             spec = spec_augment(spec, a.freqm, a.timem, rng, a.freq_masks, a.time_masks, self.fill)
             teacher = batch["teacher"].to(device, non_blocking=True) if "teacher" in batch else None
             has_teacher = batch["has_teacher"].to(device, non_blocking=True) if "has_teacher" in batch else None
+            frames = batch["frames"].to(device, non_blocking=True) if "frames" in batch else None
+            has_frames = batch["has_frames"].to(device, non_blocking=True) if "frames" in batch else None
             if a.spec_mixup != "none":
                 plan = draw_spec_mixup(spec.shape[0], a.spec_mixup, a.spec_mixup_alpha, rng)
                 plan.first, plan.second, plan.lam = (self._to_device(t) for t in (plan.first, plan.second, plan.lam))
@@ -511,6 +598,9 @@ class Trainer:
                 if teacher is not None:
                     teacher = mix_targets(teacher, plan)  # soft targets, mixed as probabilities (EfficientAT)
                     has_teacher = has_teacher[plan.first] & (has_teacher[plan.second] if plan.mix_targets else True)
+                if frames is not None:  # frame targets mix like the clip targets; known only where both are
+                    frames = mix_targets(frames, plan)
+                    has_frames = has_frames[plan.first] & (has_frames[plan.second] if plan.mix_targets else True)
         if state.batch % self.group == 0:  # the first micro-batch of an optimizer step
             self._set_lr()
         last_micro = self._ends_step(state.batch)
@@ -518,7 +608,11 @@ class Trainer:
         with sync:
             with self._autocast():
                 logits = self.net(spec)
+            if frames is not None:
+                logits, frame_logits = logits
             loss, _ = training_loss(logits.float(), targets, self.loss_kind, teacher, has_teacher, cfg.loss.kd_lambda)
+            if frames is not None:
+                loss = loss + cfg.strong.frame_weight * frame_loss(frame_logits.float(), frames, has_frames)
             scaled = loss / self.group
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         self.pending.append((state.epoch, state.step, loss.detach()))
@@ -569,26 +663,34 @@ class Trainer:
         subset = torch.utils.data.Subset(self.valid_set, range(self.ctx.rank, len(self.valid_set),
                                                                self.ctx.world_size))
         loader = make_loader(subset, self.eval_batch, self.config.data.num_workers)
-        indices, logits, losses = [], [], []
+        indices, logits, losses, frame_losses = [], [], [], [0.0, 0]
         for batch in loader:
             if "features" in batch:
                 spec = batch["features"].to(self.ctx.device)
             else:
                 spec = self.model.frontend(batch["wave"].to(self.ctx.device))
             with self._autocast():
-                out = self.model.forward_features(spec).logits.float()
+                output = self.model.forward_features(spec)
+            out = output.logits.float()
             target = batch["target"].to(self.ctx.device)
             losses.append(float(label_loss(out, target, self.loss_kind)) * len(out))
+            if "frames" in batch:
+                has = batch["has_frames"].to(self.ctx.device)
+                frame_losses[0] += float(frame_loss(output.frame_logits.float(), batch["frames"], has)) * int(has.sum())
+                frame_losses[1] += int(has.sum())
             indices.append(batch["index"].numpy())
             logits.append(out.cpu().numpy())
         self.model.train()
         mine = (np.concatenate(indices) if indices else np.zeros(0, np.int64),
-                np.concatenate(logits) if logits else np.zeros((0, len(self.labels)), np.float32), sum(losses))
+                np.concatenate(logits) if logits else np.zeros((0, len(self.labels)), np.float32), sum(losses),
+                *frame_losses)
         parts = distributed.gather(mine, self.ctx)
         if not self.main:
             return None
         order = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])[np.argsort(order, kind="stable")]
+        frame_count = sum(p[4] for p in parts)
+        self.valid_frame_loss = sum(p[3] for p in parts) / frame_count if frame_count else float("nan")
         return scores, self.valid_targets, sum(p[2] for p in parts) / len(self.valid_set)
 
     def _evaluate(self, fraction: float) -> None:
@@ -602,6 +704,7 @@ class Trainer:
             metrics = summarize(truth, scores, self.task)
             row = {"epoch": round(state.epoch + fraction, 4), "step": state.step,
                    "train_loss": state.loss_sum / max(state.loss_count, 1), "valid_loss": valid_loss,
+                   "valid_frame_loss": getattr(self, "valid_frame_loss", ""),
                    **{k: metrics.get(k, "") for k in self.columns if k in metrics},
                    "lr": self._lr(), "clips_per_s": getattr(self, "clips_per_s", 0.0),
                    "elapsed_s": round(self._elapsed(), 2)}
@@ -616,8 +719,10 @@ class Trainer:
     def _record(self, row: dict) -> str:
         """Rank 0: note the row, save last/best checkpoints, decide about early stopping."""
         state, cfg = self.state, self.config
-        value = row["valid_loss"] if self.metric == "loss" else row[self.metric]
-        better = (state.best is None or (value < state.best if self.metric == "loss" else value > state.best))
+        lower = self.metric in ("loss", "frame_loss")
+        value = row["valid_loss"] if self.metric == "loss" else row["valid_frame_loss"] if \
+            self.metric == "frame_loss" else row[self.metric]
+        better = (state.best is None or (value < state.best if lower else value > state.best))
         if isinstance(value, float) and math.isnan(value):
             better = False
         train_info = {"epoch": row["epoch"], "step": state.step, "metrics": row, "config": cfg.to_dict(),
@@ -697,10 +802,18 @@ class Trainer:
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-def data_spec(path: str | Path, folds: list[int] | None = None, audio_dir: str | Path | None = None) -> dict:
-    """How run.json records a data set: absolute paths, so --resume works from any folder."""
-    return {"path": str(Path(path).resolve()), "folds": folds,
+def data_spec(path: str | Path, folds: list[int] | None = None, audio_dir: str | Path | None = None,
+              strong: str | Path | None = None, label_map: str | Path | None = None) -> dict:
+    """How run.json records a data set: absolute paths, so --resume works from any folder. `strong`: a strong-label
+    file for its clips (`label_map` maps its labels onto the run's classes)."""
+    spec = {"path": str(Path(path).resolve()), "folds": folds,
             "audio_dir": str(Path(audio_dir).resolve()) if audio_dir else None}
+    if strong is not None:
+        if not Path(strong).is_file():
+            raise TaggerError(f"strong-label file {strong} does not exist; check the path")
+        spec["strong"] = {"path": str(Path(strong).resolve()),
+                          "label_map": str(Path(label_map).resolve()) if label_map else None}
+    return spec
 
 
 def train(config: TrainConfig, train: dict, valid: dict, out_dir: str | Path,
