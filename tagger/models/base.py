@@ -50,6 +50,32 @@ def mean_probability_logits(logits: Tensor, dim: int, log_weights: Tensor | None
     return torch.logsumexp(positive, dim) - torch.logsumexp(negative, dim)
 
 
+def repeat_steps(steps: Tensor, frames: int, stride: int, offset: int = 0) -> Tensor:
+    """(B, S, C) per-step values -> (B, frames, C): input frame f takes step (f + offset) // stride.
+
+    offset 0: step s covers frames [s * stride, (s + 1) * stride), right for pooling trunks (PANNs). Trunks that
+    downsample with strided convolutions padded symmetrically centre step s on frame s * stride; offset
+    stride // 2 puts it over [s * stride - stride // 2, s * stride + stride // 2). The last step is repeated up
+    to `frames` when the steps fall short, and steps past `frames` are cut.
+    """
+    index = torch.arange(offset, frames + offset, device=steps.device) // stride
+    return steps.index_select(1, index.clamp_(max=steps.shape[1] - 1))
+
+
+def time_stride(network: nn.Module) -> int:
+    """Total downsampling of the time axis (the last one) by the Conv2d and pooling layers of `network`.
+
+    Read from the built layers, so configurable strides need no second copy of the arithmetic. Counts every
+    layer once, which holds for the sequential trunks it is used on (no parallel strided branches).
+    """
+    stride = 1
+    for layer in network.modules():
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            step = layer.stride
+            stride *= int(step[-1] if isinstance(step, tuple) else step)
+    return stride
+
+
 class TaggerModel(nn.Module):
     """Base class: `frontend` turns the waveform into features, `forward_features` does the rest.
 

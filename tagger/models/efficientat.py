@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tagger.errors import TaggerError
 from tagger.frontends import PasstMel
 from tagger.models import ImportedWeights, register_importer, register_model
-from tagger.models.base import TaggerModel, TaggerOutput
+from tagger.models.base import TaggerModel, TaggerOutput, repeat_steps, time_stride
 from tagger.models.mobilenetv3 import build_features, head_hidden, init_weights, last_channels
 from tagger.models.official import find_state_dict
 
@@ -37,12 +37,23 @@ class MultiHeadAttentionPooling(nn.Module):
         self.head_weight = nn.Parameter(torch.full((1, num_heads, 1), 1.0 / num_heads))
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.project(x))
+
+    def project(self, x: Tensor) -> Tensor:
+        """(B, C, F, T) features -> per-step projections (B, T, 2, H, K): [:, :, 0] attention, [:, :, 1] classes."""
         x = x.mean(2).transpose(1, 2)  # (B, T, C)
-        proj = self.subspace_proj(x).unflatten(-1, (2, self.num_heads, self.num_classes))  # (B, T, 2, H, K)
+        return self.subspace_proj(x).unflatten(-1, (2, self.num_heads, self.num_classes))
+
+    def pool(self, proj: Tensor) -> Tensor:
+        """Clip logits (B, K) from `project`'s output."""
         att = proj[:, :, 0].sigmoid().clamp(self.eps, 1 - self.eps)
         att = att / att.sum(1, keepdim=True)
         pooled = (att * proj[:, :, 1]).sum(1)  # (B, H, K)
         return (pooled * self.head_weight).sum(1)
+
+    def steps(self, proj: Tensor) -> Tensor:
+        """Per-step logits (B, T, K): the class projections summed over heads with the head weights (no attention)."""
+        return (proj[:, :, 1] * self.head_weight).sum(2)
 
 
 def _build_head(head_type: str, channels: int, hidden: int, num_classes: int, attention_heads: int) -> nn.Module:
@@ -79,6 +90,17 @@ class EfficientAT(TaggerModel):
     logits: the official first output (pre-sigmoid); embedding: the official `features`, the global average
     of the last feature map (960 x width channels). Batch 1 returns (1, C) like any batch: the official
     `.squeeze()` is not reproduced.
+
+    frame_output=True (not in the official code) adds frame_logits (B, T, C), T = the input frame count: the
+    head applied at each time step of the last feature map (averaged over frequency), each step's logits
+    repeated over the `time_stride` input frames it covers (32 with the default strides; step s is centred on
+    frame s * time_stride, as the strided convolutions pad symmetrically). The clip logits stay the official
+    ones, pooled before the head. Per head: `fully_convolutional` gives the 1x1 conv + BN
+    per position averaged over frequency (their mean over steps is exactly the clip logit);
+    `multihead_attention_pooling` the class projections summed over heads with the head weights (the clip
+    logit is their attention-weighted mean per head); `mlp` applies Linear-Hardswish-Dropout-Linear per step,
+    which is not what the official clip output pools (it averages before the Hardswish, which is not linear),
+    so these frame logits are meaningful mainly after training with strong (frame) labels.
     """
 
     family = "efficientat"
@@ -91,6 +113,7 @@ class EfficientAT(TaggerModel):
         head_type: str = "mlp",
         strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 2),
         attention_heads: int = 4,
+        frame_output: bool = False,
     ) -> None:
         super().__init__()
         if head_type not in HEAD_TYPES:
@@ -107,6 +130,10 @@ class EfficientAT(TaggerModel):
                                       attention_heads)
         init_weights(self.features)
         init_weights(self.classifier)
+        self.frame_output = bool(frame_output)
+        if self.frame_output:
+            self.frame_level = True  # read by inference before the registry (which says no: it is opt-in)
+        self.time_stride = time_stride(self.features)
 
     @property
     def num_classes(self) -> int:
@@ -117,8 +144,19 @@ class EfficientAT(TaggerModel):
             raise TaggerError(f"{self.arch or 'efficientat'}: expected mel features (B, F, T), got {tuple(spec.shape)}")
         x = self.features(spec.unsqueeze(1))
         embedding = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
-        logits = self.classifier(x).flatten(1)
-        return TaggerOutput(logits=logits, frame_logits=None, embedding=embedding)
+        if not self.frame_output:
+            return TaggerOutput(logits=self.classifier(x).flatten(1), frame_logits=None, embedding=embedding)
+        head = self.classifier
+        if self.head_type == "mlp":  # the head's layers after its pooling (Linear, Hardswish, Dropout, Linear) per step
+            logits, steps = head(x).flatten(1), head[2:](x.mean(2).transpose(1, 2))
+        elif self.head_type == "fully_convolutional":  # 1x1 conv + BN per position, then the frequency mean
+            maps = head[:2](x)
+            logits, steps = head[2](maps).flatten(1), maps.mean(2).transpose(1, 2)
+        else:
+            proj = head.project(x)
+            logits, steps = head.pool(proj), head.steps(proj)
+        frames = repeat_steps(steps, spec.shape[-1], self.time_stride, self.time_stride // 2)
+        return TaggerOutput(logits=logits, frame_logits=frames, embedding=embedding)
 
     def init_from_imagenet(self, state_dict: Mapping[str, Any]) -> list[str]:
         """Load an ImageNet MobileNetV3 of the same width into `features` (and the MLP's hidden layer).
@@ -167,8 +205,9 @@ def _register(name: str, width: float) -> None:
         head_type: str = "mlp",
         strides: tuple[int, int, int, int] | list[int] = (2, 2, 2, 2),
         attention_heads: int = 4,
+        frame_output: bool = False,
     ) -> EfficientAT:
-        return EfficientAT(num_classes, width, head_type, strides, attention_heads)
+        return EfficientAT(num_classes, width, head_type, strides, attention_heads, frame_output)
 
 
 for _name, _width in WIDTHS.items():

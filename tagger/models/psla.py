@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tagger.errors import TaggerError
 from tagger.frontends import build_frontend
 from tagger.models import ImportedWeights, register_importer, register_model
-from tagger.models.base import TaggerModel, TaggerOutput, logit_from_probability
+from tagger.models.base import TaggerModel, TaggerOutput, logit_from_probability, repeat_steps, time_stride
 from tagger.models.efficientnet import VARIANTS, EfficientNet, imagenet_to_trunk, trunk_signature
 from tagger.models.heads import AttentionPooling, MeanPooling, MultiHeadAttentionPooling, Pooled
 from tagger.models.official import find_state_dict
@@ -49,8 +49,12 @@ class PSLA(TaggerModel):
     """EfficientNet trunk + pooling head; logits are the log-odds of the official pooled probability.
 
     embedding: the time-mean of the pooled trunk features (B, C) (the official code exposes none).
-    frame_logits: None; the attention weights are not calibrated frame scores (`pool(spec).frame` gives the
-    per-time `cla` probabilities at T/32 resolution for those who want them).
+    frame_logits: None by default. frame_output=True (not in the official code) gives (B, T, C), T = the
+    fbank's frame count (after the front-end's padding to target_length): the log-odds of the head's per-step
+    `cla` probabilities (`pool(spec).frame`, summed over heads with the head weights for att4), each step
+    repeated over the `time_stride` (32) input frames it covers (step s is centred on frame 32 s: the trunk's
+    static padding is symmetric). The attention weights play no part: they are not calibrated frame scores.
+    The clip logits are unchanged.
     """
 
     family = "psla"
@@ -63,6 +67,7 @@ class PSLA(TaggerModel):
         num_classes: int = 527,
         target_length: int | None = 1056,
         imagenet_stem: str = "random",
+        frame_output: bool = False,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -75,6 +80,10 @@ class PSLA(TaggerModel):
         self.effnet = EfficientNet(variant, in_channels=1)
         self.avgpool = nn.AvgPool2d((_FREQ_ROWS, 1))
         self.attention = _build_head(head, self.effnet.out_channels, num_classes)
+        self.frame_output = bool(frame_output)
+        if self.frame_output:
+            self.frame_level = True  # read by inference before the registry (which says no: it is opt-in)
+        self.time_stride = time_stride(self.effnet) * time_stride(self.avgpool)
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +101,11 @@ class PSLA(TaggerModel):
     def forward_features(self, spec: Tensor) -> TaggerOutput:
         x = self.features(spec)
         pooled = self.attention(x)
-        return TaggerOutput(logit_from_probability(pooled.clip), None, x.mean(dim=(2, 3)))
+        frames = None
+        if self.frame_output:
+            steps = logit_from_probability(pooled.frame).transpose(1, 2)  # (B, T/32, K)
+            frames = repeat_steps(steps, spec.shape[-1], self.time_stride, self.time_stride // 2)
+        return TaggerOutput(logit_from_probability(pooled.clip), frames, x.mean(dim=(2, 3)))
 
     def init_from_imagenet(self, state_dict: dict[str, Tensor]) -> list[str]:
         """Trunk from an ImageNet EfficientNet of the same variant; the stem follows `imagenet_stem`."""
