@@ -124,9 +124,8 @@ class EnsembleModel(nn.Module):
 def _frame_grid(members: Sequence[nn.Module]) -> tuple[bool, float]:
     """(frame_level, frame_seconds): frame outputs only when every member has them on the same time grid (else
     events come from windows)."""
-    from tagger.models import model_entry
+    from tagger.models import has_frame_output
     from tagger.models.policy import frame_seconds
 
-    steps = {round(frame_seconds(m), 9) for m in members} if all(
-        model_entry(m.arch).frame_level for m in members) else set()
+    steps = {round(frame_seconds(m), 9) for m in members} if all(has_frame_output(m) for m in members) else set()
     return len(steps) == 1, frame_seconds(members[0])

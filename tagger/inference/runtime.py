@@ -93,13 +93,10 @@ class Scorer:
 
     @property
     def frame_level(self) -> bool:
-        """Whether the model gives frame_logits: a `frame_level` attribute (ensembles), else the registry."""
-        from tagger.models import model_entry
+        """Whether the model gives frame_logits (an opt-in frame output or an ensemble says so itself)."""
+        from tagger.models import has_frame_output
 
-        own = getattr(self.model, "frame_level", None)
-        if own is not None or not self.model.arch:
-            return bool(own)
-        return model_entry(self.model.arch).frame_level
+        return has_frame_output(self.model)
 
     @property
     def frame_seconds(self) -> float:

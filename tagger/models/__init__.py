@@ -20,7 +20,7 @@ from tagger.models.base import TaggerModel, TaggerOutput, logit_from_probability
 
 __all__ = [
     "TaggerModel", "TaggerOutput", "logit_from_probability", "register_model", "create_model", "list_models",
-    "model_entry", "ModelEntry", "ImportedWeights", "register_importer", "importer", "resolve_arch",
+    "model_entry", "has_frame_output", "ModelEntry", "ImportedWeights", "register_importer", "importer", "resolve_arch",
     "FAMILY_DEFAULTS",
 ]
 
@@ -110,6 +110,15 @@ def resolve_arch(name: str) -> str:
 
 def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[resolve_arch(name)]
+
+
+def has_frame_output(model) -> bool:
+    """Whether a model gives frame_logits: its own `frame_level` (an opt-in frame output, an ensemble), else the
+    registry's answer for its arch."""
+    own = getattr(model, "frame_level", None)
+    if own is not None or not getattr(model, "arch", ""):
+        return bool(own)
+    return model_entry(model.arch).frame_level
 
 
 def create_model(name: str, num_classes: int = 527, init: str | None = None, **kwargs: Any) -> TaggerModel:

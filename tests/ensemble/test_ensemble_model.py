@@ -113,6 +113,14 @@ def test_frame_level_members_on_one_grid_give_combined_frames_and_events(files, 
     assert {e.label for e in result.events} == {0, 1, 2}  # a threshold every class passes
 
 
+def test_members_with_an_opt_in_frame_output_give_frames_too(files, tmp_path):
+    """EfficientAT's frame output is off in the registry; members that have it switched on still count."""
+    members = [_save(tmp_path / f"f{k}.pt", "efficientat-mn01", LABELS, 20 + k, frame_output=True) for k in range(2)]
+    assert Scorer.load(_ensemble(tmp_path / "f.pt", members, [0.5, 0.5]), device="cpu").frame_level
+    mixed = _ensemble(tmp_path / "m.pt", [members[0], files["mn_a"]], [0.5, 0.5])
+    assert not Scorer.load(mixed, device="cpu").frame_level  # one member without frames: windows
+
+
 def test_clip_length_settings_reach_the_members_that_have_them(files, tmp_path):
     small = {"embed_dim": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
     htsat = _save(tmp_path / "h.pt", "htsat-tiny", LABELS, 10, **small)
