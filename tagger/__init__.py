@@ -1,7 +1,8 @@
 """tagger: audio tagging toolkit.
 
 The public API (docs/api.md): `tagger.load(path)` gives a `Tagger` that predicts and embeds;
-`tagger.import_checkpoint`, `tagger.train`, `tagger.resume` and `tagger.evaluate` do what the CLI commands do;
+`tagger.import_checkpoint`, `tagger.train`, `tagger.resume` and `tagger.evaluate` do what the CLI commands do,
+`tagger.store_event_rule` keeps a tuned event rule in a checkpoint;
 `tagger.hear` is the HEAR API. Importing the package stays cheap: the API loads (with torch) on first use.
 """
 
@@ -9,7 +10,7 @@ from tagger.errors import TaggerError
 from tagger.version import __version__
 
 _API = ("Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "load", "resume",
-        "train")
+        "store_event_rule", "train")
 __all__ = ["TaggerError", "__version__", *_API]
 
 

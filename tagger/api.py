@@ -19,7 +19,7 @@ from tagger.inference.predict import FileResult, PredictOptions, expand_inputs, 
 from tagger.inference.runtime import Scorer
 
 __all__ = ["Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "load", "resume",
-           "train"]
+           "store_event_rule", "train"]
 
 Audio = str | Path | np.ndarray
 
@@ -112,9 +112,16 @@ class Tagger:
     def device(self) -> str:
         return str(self._scorer.device)
 
+    @property
+    def event_rule(self) -> EventRule | None:
+        """The event rule stored with the model (`store_event_rule`), thresholds in `labels` order; None if none.
+        `predict(events=True)` uses it."""
+        return self._scorer.event_rule
+
     def __repr__(self) -> str:
+        rule = ", stored event rule" if self._scorer.event_record is not None else ""
         return (f"Tagger({self.source!r}: {self._scorer.model.arch or 'ensemble'}, {len(self.labels)} classes, "
-                f"{self.sample_rate} Hz, {self.device})")
+                f"{self.sample_rate} Hz, {self.device}{rule})")
 
     def predict(self, audio: Audio | Sequence[Audio], sample_rate: int | None = None, top_k: int = 5,
                 threshold: float | None = None, events: bool | EventRule = False, embedding: bool = False,
@@ -124,12 +131,16 @@ class Tagger:
         equal-length clips). One input gives one Prediction, many give a list in input order.
 
         sample_rate: the rate of arrays (default: the model's). top_k=0 keeps every label. events=True detects
-        events with the CLI's defaults (on at 0.5, off below 0.25, at least 0.1 s); an EventRule sets them.
+        events with the rule stored with the model (`event_rule`), else with the CLI's defaults (on at 0.5, off
+        below 0.25, at least 0.1 s); an EventRule sets them.
         window/hop: score sliding windows of this many seconds (long files are windowed anyway).
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise TaggerError(f"top_k must be 0 (all) or more, got {top_k!r}")
-        rule = EventRule() if events is True else (events or None)
+        if events is True:
+            rule = self._scorer.event_rule or EventRule()
+        else:
+            rule = events or None
         options = PredictOptions(window=window, hop=hop, events=rule, batch_size=batch_size)
         single, results = self._score(audio, sample_rate, options)
         predictions = [self._prediction(result, top_k, threshold, embedding) for result in results]
@@ -202,6 +213,16 @@ def load(model: str | Path | None = None, device: str = "auto", precision: str =
     """
     settings = {k: v for k, v in (("short_input", short_input), ("long_input", long_input)) if v is not None}
     return Tagger(Scorer.load(model, device=device, precision=precision, input_settings=settings or None))
+
+
+def store_event_rule(checkpoint: str | Path, rule: EventRule | str | Path | None) -> Path:
+    """Store an event rule in a checkpoint or ensemble file (or a pulled release's, by name), in place and
+    atomically: `predict --events`, `evaluate --strong` and `Tagger.predict(events=True)` then use it whenever no
+    event option is given. `rule`: a rule file from `tagger evaluate --strong --tune-rule`, an EventRule (one
+    threshold, or one per class in the model's label order), or None to remove the stored rule. Returns the file."""
+    from tagger.inference.runtime import store_event_rule as store
+
+    return store(checkpoint, rule)
 
 
 def import_checkpoint(family: str, path: str | Path, out: str | Path, arch: str | None = None,

@@ -2,11 +2,14 @@
 
 Files are read through `torchfile` (torch.load with weights_only=True only). Other kinds of model file (an
 ensemble) register a builder for their "format" here, so this module loads them without importing their code.
+`update_checkpoint` changes top-level entries of either kind in place, such as the tuned event rule a file may
+carry ("event_rule", written by `inference.runtime.store_event_rule`).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +85,39 @@ def save_checkpoint(
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    return path
+
+
+def check_writable(path: str | Path) -> Path:
+    """`path` as a model file this user may change in place (its folder too: the new file is renamed into it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaggerError(f"{path}: checkpoint not found; check the path")
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
+        raise TaggerError(f"{path}: not writable here; copy it somewhere you may write, or fix its permissions")
+    return path
+
+
+def update_checkpoint(path: str | Path, change: Callable[[dict], dict]) -> Path:
+    """Set top-level entries of a model file (a tagger checkpoint, or a kind registered here such as an ensemble)
+    in place: `change(payload)` returns the entries to set (a value of None removes that entry). The file is
+    rewritten atomically with its permissions kept; everything else in it stays as it was."""
+    import stat
+
+    path = check_writable(path)
+    payload = read_torch_file(path)
+    name = payload.get("format") if isinstance(payload, dict) else None
+    if name != FORMAT and name not in _KIND_MODULES and name not in _KINDS:
+        model_from_payload(payload, str(path))  # raises the loader's one-line message for what it is instead
+    for key, value in change(payload).items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    mode = stat.S_IMODE(path.stat().st_mode)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+        os.chmod(tmp, mode)
     return path
 
 

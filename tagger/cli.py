@@ -88,14 +88,20 @@ ShortInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips under 5
 LongInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips over 10.24 s: windows, or crops (the official "
                                                      "evaluation's averaged crops, up to 20.5 s).")]
 
-# Event post-processing, shared by predict --events and evaluate --strong.
-OnsetOption = Annotated[float, typer.Option("--onset-threshold", help="An event starts when its score reaches this.")]
+# Event post-processing, shared by predict --events and evaluate --strong. None means "not given": with none of
+# them, the rule stored in the checkpoint is used if it has one; the defaults are EventRule's (choose_rule).
+OnsetOption = Annotated[float | None, typer.Option(
+    "--onset-threshold", help="An event starts when its score reaches this (default 0.5). Any event option "
+    "replaces a rule stored in the checkpoint.")]
 OffsetOption = Annotated[float | None, typer.Option("--offset-threshold",
                                                     help="... and ends below this (default: half).")]
-MinDurationOption = Annotated[float, typer.Option("--min-duration", help="Drop events shorter than this (seconds).")]
-MinGapOption = Annotated[float, typer.Option("--min-gap", help="Merge same-label events closer than this (seconds).")]
-MedianFilterOption = Annotated[float, typer.Option(
-    "--median-filter", help="Median-filter frame scores over this many seconds before thresholding (0: off).")]
+MinDurationOption = Annotated[float | None, typer.Option(
+    "--min-duration", help="Drop events shorter than this (seconds; default 0.1).")]
+MinGapOption = Annotated[float | None, typer.Option(
+    "--min-gap", help="Merge same-label events closer than this (seconds; default 0).")]
+MedianFilterOption = Annotated[float | None, typer.Option(
+    "--median-filter", help="Median-filter frame scores over this many seconds before thresholding (default 0: "
+    "off).")]
 EventRuleOption = Annotated[Path | None, typer.Option(
     "--event-rule", help="Per-class thresholds and settings saved by `tagger evaluate --strong --tune-rule` (JSON); "
     "classes it does not name keep the thresholds above.")]
@@ -507,11 +513,11 @@ def predict_command(
     aggregate: Annotated[str, typer.Option(help="Clip score from windows: mean or max.")] = "mean",
     per_window: Annotated[bool, typer.Option("--per-window", help="Also report every window.")] = False,
     events: Annotated[bool, typer.Option("--events", help="Detect events: label, onset, offset, peak.")] = False,
-    onset_threshold: OnsetOption = 0.5,
+    onset_threshold: OnsetOption = None,
     offset_threshold: OffsetOption = None,
-    min_duration: MinDurationOption = 0.1,
-    min_gap: MinGapOption = 0.0,
-    median_filter: MedianFilterOption = 0.0,
+    min_duration: MinDurationOption = None,
+    min_gap: MinGapOption = None,
+    median_filter: MedianFilterOption = None,
     event_rule: EventRuleOption = None,
     plot: Annotated[Path | None, typer.Option(help="PNG heat-map of the top classes over time.")] = None,
     embeddings: Annotated[str | None, typer.Option(help="Write embeddings: a .npy/.npz file, or 'json'.")] = None,
@@ -584,16 +590,19 @@ def evaluate_command(
                                                  "axis of a model without frame output; default 2).")] = None,
     hop: Annotated[float | None, typer.Option(help="With --strong: seconds between windows (default: window / 2, "
                                               "or 0.5 for the default windows).")] = None,
-    onset_threshold: OnsetOption = 0.5,
+    onset_threshold: OnsetOption = None,
     offset_threshold: OffsetOption = None,
-    min_duration: MinDurationOption = 0.1,
-    min_gap: MinGapOption = 0.0,
-    median_filter: MedianFilterOption = 0.0,
+    min_duration: MinDurationOption = None,
+    min_gap: MinGapOption = None,
+    median_filter: MedianFilterOption = None,
     event_rule: EventRuleOption = None,
     tune_rule: Annotated[Path | None, typer.Option(help="With --strong: choose each class's onset threshold for the "
                                                    "best F1 on these files and save the rule (JSON) for --event-rule."
                                                    )] = None,
     tune_for: Annotated[str, typer.Option(help="With --tune-rule: the F1 to maximise, event or segment.")] = "event",
+    store_rule: Annotated[bool, typer.Option("--store-rule", help="With --tune-rule: also store the tuned rule in the "
+                                             "--model checkpoint, so predict --events and evaluate --strong use it "
+                                             "when no event option is given.")] = False,
 ) -> None:
     """Score a labelled manifest: mAP, mAUC, d', lwlrap (accuracy, top-5 for single-label sets), per class.
     With --strong: sound event detection as DCASE scores it (PSDS1, PSDS2, event and segment F1)."""
@@ -604,14 +613,14 @@ def evaluate_command(
     if strong is not None:
         if manifest is not None or audio_dir is None:
             raise TaggerError("--strong scores the files its annotation names: give --audio-dir and no manifest")
-        from tagger.inference.events import EventRule
-
-        rule = EventRule(on=onset_threshold, off=offset_threshold, min_duration=min_duration, min_gap=min_gap,
-                         median_filter=median_filter)
+        options = {"on": onset_threshold, "off": offset_threshold, "min_duration": min_duration, "min_gap": min_gap,
+                   "median_filter": median_filter}
         _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
-                         precision, _inputs(short_input, long_input), rule, event_rule, (window, hop),
-                         (tune_rule, tune_for))
+                         precision, _inputs(short_input, long_input), options, event_rule, (window, hop),
+                         (tune_rule, tune_for, store_rule))
         return
+    if store_rule:
+        raise TaggerError("--store-rule stores the rule --tune-rule makes, with --strong only")
     if window is not None or hop is not None:
         raise TaggerError("--window and --hop apply with --strong only")
     if manifest is None:
@@ -647,30 +656,49 @@ def evaluate_command(
 
 
 def _evaluate_strong(strong, audio_dir, model, label_map, save_scores, per_class, plot, fmt, batch_size, device,
-                     precision, input_settings, rule, saved_rule, windows: tuple, tuning: tuple) -> None:
-    """evaluate --strong: `rule` from the event options, `saved_rule` the --event-rule file laid over it."""
-    from tagger import console
-    from tagger.evaluation.strong import evaluate_strong
-    from tagger.inference.events import read_rule, write_rule
-    from tagger.inference.runtime import Scorer
+                     precision, input_settings, options, saved_rule, windows: tuple, tuning: tuple) -> None:
+    """evaluate --strong: the rule from the event `options` (None: not given), the --event-rule file laid over
+    them, or the one stored in the checkpoint."""
+    from datetime import datetime, timezone
 
-    tune_path, tune_for = tuning
+    from tagger import console
+    from tagger.checkpoint import check_writable
+    from tagger.evaluation.strong import evaluate_strong
+    from tagger.inference.events import choose_rule, stored_rule_note, write_rule
+    from tagger.inference.runtime import Scorer, store_event_rule
+
+    tune_path, tune_for, store = tuning
     if tune_path is not None and saved_rule is not None:
         raise TaggerError("--tune-rule starts from one threshold for all classes: drop --event-rule")
+    if store and tune_path is None:
+        raise TaggerError("--store-rule stores the rule --tune-rule makes: add --tune-rule OUT.json")
+    if store and model is None:
+        raise TaggerError("--store-rule writes the tuned rule into a checkpoint: name it with --model")
     scorer = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
-    if saved_rule is not None:
-        rule = read_rule(saved_rule, scorer.labels.names, rule)
+    if store:
+        check_writable(scorer.source)  # before the files are scored, not after
+    # Tuning starts from the options (one threshold for every class), never from a stored per-class rule.
+    stored = None if tune_path is not None else scorer.event_rule
+    rule, source = choose_rule(scorer.labels.names, stored, saved_rule, **options)
+    if source == "checkpoint":
+        console.log(stored_rule_note(scorer.source, scorer.event_record))
     with console.counting("scoring", "files") as progress:
-        result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, window=windows[0],
-                                 hop=windows[1], batch_size=batch_size, on_progress=progress)
+        result = evaluate_strong(scorer, strong, audio_dir, label_map=label_map, rule=rule, rule_source=source,
+                                 window=windows[0], hop=windows[1], batch_size=batch_size, on_progress=progress)
     for note in result.notes:
         console.log(f"note: {note}")
     if tune_path is not None:
         tuned, reached = result.tune(tune_for)
-        write_rule(tune_path, tuned, result.classes, {"tuned_for": f"{tune_for}_f1", "tuned_on": str(strong),
-                                                      "f1": {c: round(v["f1"], 6) for c, v in reached.items()}})
+        write_rule(tune_path, tuned, result.classes, {
+            "tuned_for": f"{tune_for}_f1", "tuned_on": str(strong),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "f1": {c: round(v["f1"], 6) for c, v in reached.items()}, "reached": result.f1_of(tuned)})
         console.log(f"wrote {tune_path}: per-class onset thresholds for the best {tune_for} F1 on {strong} (use it "
                     "with --event-rule on other data)")
+        if store:
+            written = store_event_rule(scorer.source, tune_path)
+            console.log(f"stored it in {written}: predict --events and evaluate --strong use it when no event option "
+                        "is given")
     for path, write in ((save_scores, result.save_scores), (per_class, result.write_per_class),
                         (plot, result.plot)):
         if path is not None:

@@ -455,7 +455,8 @@ def test_htsat_tiled_events_stay_inside_the_clip(tmp_path, htsat_checkpoint):
     (tiled,) = json.loads(result.stdout)
     assert [(e["label"], e["onset"]) for e in tiled["events"]] == [("Loud", 0.0)]
     assert tiled["events"][0]["offset"] <= 3.0
-    assert tiled["event_rule"] == {"on": 0.5, "off": 0.25, "median_filter": 0.0, "min_gap": 0.0, "min_duration": 0.1}
+    assert tiled["event_rule"] == {"on": 0.5, "off": 0.25, "median_filter": 0.0, "min_gap": 0.0, "min_duration": 0.1,
+                                   "source": "options"}
     result = invoke(clip, "--model", htsat_checkpoint, "--format", "json", "--events", "--median-filter", "0.5")
     assert result.exit_code == 0, result.output
     (smoothed,) = json.loads(result.stdout)

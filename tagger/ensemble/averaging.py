@@ -176,12 +176,14 @@ def average_payloads(payloads: Sequence[dict], sources: Sequence[str],
     """A new checkpoint payload holding the averaged weights of compatible checkpoints; the inputs are untouched.
 
     Everything but the weights and the training record comes from the first checkpoint (they are equal, or
-    check_compatible would have refused). Per-epoch metrics are dropped: they describe a member, not the mean.
+    check_compatible would have refused). Per-epoch metrics are dropped: they describe a member, not the mean; so
+    is an event rule stored with the first one, whose thresholds were tuned on that member's scores.
     """
     check_compatible(payloads, sources)
     shares = check_weights(weights, len(payloads))
     first = payloads[0]
-    result = {key: copy.deepcopy(value) for key, value in first.items() if key not in ("state_dict", "train")}
+    result = {key: copy.deepcopy(value) for key, value in first.items()
+              if key not in ("state_dict", "train", "event_rule")}
     result["state_dict"] = average_states([p["state_dict"] for p in payloads], shares)
     result["train"] = _averaged_train(payloads, sources, shares)
     return result

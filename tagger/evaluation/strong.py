@@ -49,6 +49,15 @@ class StrongResult:
         return tune_thresholds(self.scores, self.truth, self.durations, self.classes, self.frame_seconds, self.rule,
                                metric)
 
+    def f1_of(self, rule: EventRule) -> dict[str, float]:
+        """Event and segment F1 (micro and macro) of the events `rule` finds in these files' scores: what the
+        evaluation reports when run with that rule (`rule` over the scored classes, as `tune` returns it)."""
+        found = _found(self.scores, self.durations, self.classes, self.frame_seconds, rule)
+        event = sed.event_f1(found, self.truth, self.classes, durations=self.durations)
+        segment = sed.segment_f1(found, self.truth, self.classes, self.durations)
+        return {"event_f1": round(event.f1, 6), "event_macro_f1": round(event.macro_f1, 6),
+                "segment_f1": round(segment.f1, 6), "segment_macro_f1": round(segment.macro_f1, 6)}
+
     def save_scores(self, out_dir: str | Path) -> Path:
         sed.write_scores(out_dir, self.scores, self.classes)
         return Path(out_dir)
@@ -70,13 +79,15 @@ def evaluate_strong(
     *,
     label_map: str | Path | None = None,
     rule: EventRule = EventRule(),
+    rule_source: str = "options",
     window: float | None = None,
     hop: float | None = None,
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> StrongResult:
     """Score every file of `annotations` (a DCASE or AudioSet-Strong TSV, or tagger predict output) found in
-    `audio_dir`; see the module docstring for what is computed. `window`/`hop`: score windows of this many
+    `audio_dir`; see the module docstring for what is computed. `rule_source`: where `rule` came from
+    ("options", "checkpoint" or a rule file), recorded with it. `window`/`hop`: score windows of this many
     seconds (a clip-level model's time axis; by default 2 s every 0.5 s)."""
     mapping = read_label_map(label_map) if label_map is not None else None
     strong: StrongLabels = read_strong(annotations, labels=scorer.labels, label_map=mapping)
@@ -117,7 +128,7 @@ def evaluate_strong(
                "frame_seconds": round(float(step), 6), "psds1": round(psds1.value, 6), "psds2": round(psds2.value, 6),
                "event_f1": round(event.f1, 6), "event_macro_f1": round(event.macro_f1, 6),
                "segment_f1": round(segment.f1, 6), "segment_macro_f1": round(segment.macro_f1, 6),
-               "event_rule": rule.to_dict()}
+               "event_rule": {**rule.to_dict(), "source": rule_source}}
     by_class_event = {row["class"]: row for row in event.per_class}
     by_class_segment = {row["class"]: row for row in segment.per_class}
     counts = {c: sum(e.label == c for e in strong.events) for c in classes}
@@ -151,9 +162,7 @@ def tune_thresholds(scores: dict[str, tuple[np.ndarray, np.ndarray]], truth: dic
     for on in TUNING_GRID:
         trial = EventRule(on=on, off=on * ratio, min_duration=rule.min_duration, min_gap=rule.min_gap,
                           median_filter=rule.median_filter)
-        found = {key: [(e.onset, e.offset, classes[e.label])
-                       for e in detect_events(frames, frame_seconds, trial, durations[key])]
-                 for key, (_, frames) in scores.items()}
+        found = _found(scores, durations, classes, frame_seconds, trial)
         if metric == "event":
             result = sed.event_f1(found, truth, classes, durations=durations)
         else:
@@ -165,6 +174,14 @@ def tune_thresholds(scores: dict[str, tuple[np.ndarray, np.ndarray]], truth: dic
     tuned = EventRule(on=on, off=tuple(v * ratio for v in on), min_duration=rule.min_duration, min_gap=rule.min_gap,
                       median_filter=rule.median_filter)
     return tuned, best
+
+
+def _found(scores: dict[str, tuple[np.ndarray, np.ndarray]], durations: dict[str, float], classes: list[str],
+           frame_seconds: float, rule: EventRule) -> dict[str, list[tuple[float, float, str]]]:
+    """The events `rule` finds in each file's scores (columns: `classes`), as (onset, offset, class)."""
+    return {key: [(e.onset, e.offset, classes[e.label]) for e in detect_events(frames, frame_seconds, rule,
+                                                                                durations[key])]
+            for key, (_, frames) in scores.items()}
 
 
 def _scored_rule(rule: EventRule, columns: list[int], num_classes: int) -> EventRule:

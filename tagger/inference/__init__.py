@@ -1,6 +1,7 @@
 """Inference: score audio with a loaded model, the way `tagger predict` does.
 
-runtime.py   Scorer: a model on a device and precision, its input-length policy, probabilities out
+runtime.py   Scorer: a model on a device and precision, its input-length policy, probabilities out; the event
+             rule stored with a checkpoint (read, and stored in place)
 predict.py   files, folders, long recordings and stored clips: whole clips or sliding windows, aggregated
 events.py    frame scores -> events (hysteresis, gap merging, minimum duration), stitched across windows
 timeline.py  the score heat-map PNG with events outlined

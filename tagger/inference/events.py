@@ -9,6 +9,9 @@ Timing: frame k covers [k * frame_seconds, (k + 1) * frame_seconds). An event th
 frame b (the first frame whose score is below `off`) spans [a * frame_seconds, b * frame_seconds), clipped to the
 recording's duration when one is given. Gaps are merged (`min_gap`) before short events are dropped (`min_duration`),
 so fragments of one sound that merge into a long enough event survive.
+
+Rules: a rule with per-class thresholds is saved by class name (`rule_record`), in a rule file or in a checkpoint
+(`runtime.store_event_rule`); `choose_rule` decides between the options, a rule file and the checkpoint's rule.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 
@@ -91,27 +95,37 @@ class EventRule:
 
 
 RULE_FORMAT = "tagger-event-rule"
+RULE_KEY = "event_rule"  # where a checkpoint (or ensemble) file keeps its stored rule: a `rule_record`
+RULE_SOURCES = ("checkpoint", "options")  # where a rule came from, besides a rule file's path
+
+
+def rule_record(rule: EventRule, classes: list[str], extra: dict | None = None) -> dict:
+    """A rule as a rule file and a checkpoint hold it: thresholds keyed by class name, so any model with those
+    classes can use it; `extra` records how it was made (what it was tuned on, the F1 each class reached)."""
+    on, off = rule.thresholds(len(classes))
+    return {"format": RULE_FORMAT, "on": dict(zip(classes, on.tolist(), strict=True)),
+            "off": dict(zip(classes, off.tolist(), strict=True)), "median_filter": rule.median_filter,
+            "min_gap": rule.min_gap, "min_duration": rule.min_duration, **(extra or {})}
 
 
 def write_rule(path, rule: EventRule, classes: list[str], extra: dict | None = None) -> None:
-    """Save a rule whose thresholds are per class as JSON keyed by class name, so any model with those classes
-    can use it (`read_rule`); `extra` records how it was made (what it was tuned on, the F1 each class reached)."""
+    """Save a rule whose thresholds are per class as JSON keyed by class name (`rule_record`); `read_rule` reads it."""
     import json
 
     from tagger.fileio import atomic_write_text
 
-    on, off = rule.thresholds(len(classes))
-    payload = {"format": RULE_FORMAT, "on": dict(zip(classes, on.tolist(), strict=True)),
-               "off": dict(zip(classes, off.tolist(), strict=True)), "median_filter": rule.median_filter,
-               "min_gap": rule.min_gap, "min_duration": rule.min_duration, **(extra or {})}
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(rule_record(rule, classes, extra), indent=2) + "\n")
 
 
 def read_rule(path, names: list[str], default: EventRule) -> EventRule:
     """The rule of a `write_rule` file for a model whose classes are `names` (in score order): its classes get
     their saved thresholds, the others `default`'s; its filter, gap and length settings apply to all."""
+    return rule_from_record(read_record(path), names, default, str(path))
+
+
+def read_record(path) -> dict:
+    """The contents of a rule file, checked to be one."""
     import json
-    from pathlib import Path
 
     path = Path(path)
     try:
@@ -120,15 +134,68 @@ def read_rule(path, names: list[str], default: EventRule) -> EventRule:
         raise TaggerError(f"{path}: not a readable event-rule file ({error.__class__.__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != RULE_FORMAT:
         raise TaggerError(f"{path}: not an event-rule file (write one with `tagger evaluate --strong ... --tune-rule`)")
-    unknown = sorted(set(payload["on"]) - set(names))
+    return payload
+
+
+def rule_from_record(record: dict, names: list[str], default: EventRule, where: str) -> EventRule:
+    """`read_rule` on a record already read (a rule file's contents, or a checkpoint's stored rule)."""
+    try:
+        saved_on, saved_off = dict(record["on"]), dict(record["off"])
+        settings = {key: record[key] for key in ("median_filter", "min_gap", "min_duration")}
+    except (KeyError, TypeError, ValueError) as error:
+        raise TaggerError(f"{where}: a broken event rule (missing or bad {error}); write it again with "
+                          "`tagger evaluate --strong ... --tune-rule`") from None
+    unknown = sorted(set(saved_on) - set(names))
     if unknown:
-        raise TaggerError(f"{path}: classes the model does not have: {', '.join(unknown[:10])}")
+        raise TaggerError(f"{where}: classes the model does not have: {', '.join(unknown[:10])}")
     on, off = default.thresholds(len(names))
     for k, name in enumerate(names):
-        if name in payload["on"]:
-            on[k], off[k] = payload["on"][name], payload["off"][name]
-    return EventRule(on=tuple(on.tolist()), off=tuple(off.tolist()), median_filter=payload["median_filter"],
-                     min_gap=payload["min_gap"], min_duration=payload["min_duration"])
+        if name in saved_on:
+            try:
+                on[k], off[k] = float(saved_on[name]), float(saved_off.get(name, float(saved_on[name]) / 2))
+            except (TypeError, ValueError):
+                raise TaggerError(f"{where}: the thresholds of {name!r} are not numbers") from None
+    return EventRule(on=tuple(on.tolist()), off=tuple(off.tolist()), **settings)
+
+
+def choose_rule(names: list[str], stored: EventRule | None = None, rule_file=None, *, on: float | None = None,
+                off: float | None = None, min_duration: float | None = None, min_gap: float | None = None,
+                median_filter: float | None = None) -> tuple[EventRule, str]:
+    """The rule `predict --events` and `evaluate --strong` find events with, and where it came from.
+
+    Options left as None were not given, and take EventRule's defaults (on 0.5, off on / 2, min_duration 0.1 s,
+    min_gap 0, median_filter 0). A rule file (`rule_file`, laid over the options: classes it does not name keep
+    `on`/`off`) wins, and its path is the source; then any option given ("options"); then the checkpoint's stored
+    rule ("checkpoint"); else the defaults ("options")."""
+    given = {key: value for key, value in (("on", on), ("off", off), ("min_duration", min_duration),
+                                           ("min_gap", min_gap), ("median_filter", median_filter))
+             if value is not None}
+    rule = EventRule(**given)
+    if rule_file is not None:
+        return read_rule(rule_file, names, rule), str(rule_file)
+    if given or stored is None:
+        return rule, "options"
+    return stored, "checkpoint"
+
+
+def stored_rule_note(model: str, record: dict) -> str:
+    """The line predict and evaluate log when they use the rule stored in `model`."""
+    return f"event rule: the one stored in {model}, {describe_record(record)}; any event option replaces it"
+
+
+def describe_record(record: dict) -> str:
+    """What a stored rule says about itself, in a few words: 'tuned for event F1 on valid.tsv, where it reached
+    0.66 (2026-12-04; from rule.json)'."""
+    tuned_for, tuned_on = record.get("tuned_for"), record.get("tuned_on")
+    text = "set by hand" if not tuned_for else f"tuned for {str(tuned_for).replace('_f1', '')} F1"
+    if tuned_on:
+        text += f" on {tuned_on}"
+    reached = record.get("reached")
+    if isinstance(reached, dict) and isinstance(reached.get(tuned_for), (int, float)):
+        text += f", where it reached {reached[tuned_for]:.3g}"
+    extra = [str(record["date"])[:10]] if record.get("date") else []
+    extra += [f"from {record['file']}"] if record.get("file") else []
+    return text + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _plain(value):

@@ -35,8 +35,10 @@ class Selection:
                  "score": round(float(probs[i]), 6)} for rank, i in enumerate(order, 1)]
 
 
-def file_object(result: FileResult, labels: LabelSet, selection: Selection, embedding: bool = False) -> dict:
-    """One JSON object per file: its labels, and windows / events / embedding when they were computed."""
+def file_object(result: FileResult, labels: LabelSet, selection: Selection, embedding: bool = False,
+                rule_source: str | None = None) -> dict:
+    """One JSON object per file: its labels, and windows / events / embedding when they were computed.
+    rule_source: where the event rule came from ("checkpoint", "options" or a rule file), recorded with it."""
     obj: dict[str, Any] = {"path": str(result.path), "duration": round(result.duration, 6)}
     if result.window is not None:
         obj["window"], obj["hop"] = result.window, result.hop
@@ -48,6 +50,8 @@ def file_object(result: FileResult, labels: LabelSet, selection: Selection, embe
         obj["events"] = [event_object(event, labels) for event in result.events]
         if result.event_rule is not None:
             obj["event_rule"] = result.event_rule.to_dict()
+            if rule_source is not None:
+                obj["event_rule"]["source"] = rule_source
     if embedding:
         obj["embedding"] = [float(x) for x in result.embedding]
     return obj
@@ -131,9 +135,10 @@ class PredictSink:
         self.vectors: list[np.ndarray] = []
         self.window_vectors: list[tuple[str, float, float, np.ndarray]] = []
         self.count = 0
+        self.rule_source: str | None = None
 
-    def start(self, labels: LabelSet, files: int) -> None:
-        self.labels, self.plot_count = labels, files
+    def start(self, labels: LabelSet, files: int, rule_source: str | None = None) -> None:
+        self.labels, self.plot_count, self.rule_source = labels, files, rule_source
 
     def add(self, result: FileResult) -> None:
         self.count += 1
@@ -142,11 +147,12 @@ class PredictSink:
             self.vectors.append(result.embedding)
             self.window_vectors += [(str(result.path), w.start, w.end, w.embedding) for w in result.windows]
         if self.fmt == "jsonl":
-            self._write(jsonl_line(file_object(result, self.labels, self.selection, self.embed_json)))
+            self._write(jsonl_line(file_object(result, self.labels, self.selection, self.embed_json,
+                                               self.rule_source)))
         elif self.fmt == "csv":
             self._write(csv_text(csv_rows(result, self.labels, self.selection), header=self.count == 1))
         elif self.fmt == "json":
-            self.objects.append(file_object(result, self.labels, self.selection, self.embed_json))
+            self.objects.append(file_object(result, self.labels, self.selection, self.embed_json, self.rule_source))
         else:
             self.table += table_rows(result, self.labels, self.selection)
             self.events += event_rows(result, self.labels)
@@ -225,18 +231,19 @@ class PredictSummary:
 
 def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precision: str = "fp32",
                 batch_size: int = 8, window=None, hop=None, aggregate: str = "mean", per_window: bool = False,
-                events: bool = False, onset: float = 0.5, offset=None, min_duration: float = 0.1,
-                min_gap: float = 0.0, median_filter: float = 0.0, event_rule=None,
+                events: bool = False, onset: float | None = None, offset=None, min_duration: float | None = None,
+                min_gap: float | None = None, median_filter: float | None = None, event_rule=None,
                 input_settings=None) -> PredictSummary:
-    """What `tagger predict` does: expand inputs, load the model, score with a progress bar, write via `sink`."""
+    """What `tagger predict` does: expand inputs, load the model, score with a progress bar, write via `sink`.
+
+    Event options left as None were not given: then the checkpoint's stored rule is used, if it has one
+    (`inference.events.choose_rule`)."""
     from tagger import console
-    from tagger.inference.events import EventRule
+    from tagger.inference.events import choose_rule, stored_rule_note
     from tagger.inference.predict import PredictOptions, expand_inputs, predict_files
     from tagger.inference.runtime import Scorer
 
-    rule = (EventRule(on=onset, off=offset, min_duration=min_duration, min_gap=min_gap, median_filter=median_filter)
-            if events else None)
-    options = PredictOptions(window=window, hop=hop, aggregate=aggregate, per_window=per_window, events=rule,
+    options = PredictOptions(window=window, hop=hop, aggregate=aggregate, per_window=per_window,
                              timeline=sink.plot is not None, batch_size=batch_size)
     files, problems = expand_inputs(inputs)
     for problem in problems:
@@ -245,13 +252,16 @@ def run_predict(inputs, model, sink: PredictSink, device: str = "auto", precisio
     if not files:
         return PredictSummary(0, failed)
     tagger = Scorer.load(model, device=device, precision=precision, input_settings=input_settings)
-    if event_rule is not None and rule is not None:  # per-class thresholds saved by evaluate --strong --tune-rule
+    source = None
+    if events:  # the rule needs the model's classes and the rule stored with it
         from dataclasses import replace
 
-        from tagger.inference.events import read_rule
-
-        options = replace(options, events=read_rule(event_rule, tagger.labels.names, rule))
-    sink.start(tagger.labels, len(files))
+        rule, source = choose_rule(tagger.labels.names, tagger.event_rule, event_rule, on=onset, off=offset,
+                                   min_duration=min_duration, min_gap=min_gap, median_filter=median_filter)
+        options = replace(options, events=rule)
+        if source == "checkpoint":
+            console.log(stored_rule_note(tagger.source, tagger.event_record))
+    sink.start(tagger.labels, len(files), source)
 
     def on_error(problem) -> None:
         nonlocal failed

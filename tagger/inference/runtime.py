@@ -20,6 +20,7 @@ import torch
 
 from tagger import audio
 from tagger.errors import TaggerError
+from tagger.inference.events import RULE_KEY, EventRule, read_record, rule_from_record, rule_record
 from tagger.labels import LabelSet
 from tagger.models.base import probabilities
 from tagger.models.policy import InputPolicy, frame_seconds, input_policy
@@ -55,9 +56,11 @@ class Scorer:
     """
 
     def __init__(self, model, labels: LabelSet, task: str, device: str = "auto", precision: str = "fp32",
-                 fast: bool = True, source: str = "", input_settings: Mapping[str, str | None] | None = None):
+                 fast: bool = True, source: str = "", input_settings: Mapping[str, str | None] | None = None,
+                 event_record: dict | None = None):
         """input_settings: per-call choices of how clips of other lengths are taken, e.g. {"short_input": "stretch"} for
-        HTS-AT (`model.input_settings`); None keeps the checkpoint's own."""
+        HTS-AT (`model.input_settings`); None keeps the checkpoint's own. event_record: the event rule stored with
+        the checkpoint (`store_event_rule`), thresholds by class name."""
         if precision not in PRECISIONS:
             raise TaggerError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if input_settings:
@@ -65,6 +68,7 @@ class Scorer:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.labels, self.task, self.precision, self.source = labels, task, precision, source
+        self.event_record = event_record
         self.policy = input_policy(model)
         self.rates: tuple[int, ...] = tuple(getattr(model, "rates", (model.sample_rate,)))
         self._shortest = {rate: self._policy_at(rate).min_samples for rate in self.rates}
@@ -81,7 +85,16 @@ class Scorer:
         path = default_checkpoint() if path is None else model_path(path)
         model, meta = load_model(path)
         return cls(model, meta["labels"], meta.get("task", "multilabel"), device, precision, fast, str(path),
-                   input_settings)
+                   input_settings, meta.get(RULE_KEY))
+
+    @property
+    def event_rule(self) -> EventRule | None:
+        """The event rule stored with the checkpoint, its thresholds matched to this model's classes by name
+        (classes it does not name get EventRule's defaults); None when there is none."""
+        if self.event_record is None:
+            return None
+        return rule_from_record(self.event_record, self.labels.names, EventRule(),
+                                f"{self.source}: its stored event rule")
 
     @property
     def sample_rate(self) -> int:
@@ -257,6 +270,35 @@ def model_path(model: str | Path) -> Path:
         raise TaggerError(f"{model}: the release {release.name} is not downloaded yet; "
                           f"run `tagger pull {release.name}`")
     return pulled
+
+
+def store_event_rule(model: str | Path, rule: EventRule | str | os.PathLike | None) -> Path:
+    """Store an event rule in a checkpoint or ensemble file (or a pulled release's, by name), in place and
+    atomically; `predict --events`, `evaluate --strong` and `Tagger.predict(events=True)` then use it when no
+    event option is given. `rule`: an EventRule (one threshold, or one per class of the model), a rule file from
+    `evaluate --strong --tune-rule`, or None to remove a stored rule. Returns the file written."""
+    from datetime import datetime, timezone
+
+    from tagger.checkpoint import update_checkpoint
+
+    if rule is not None and not isinstance(rule, (EventRule, str, os.PathLike)):
+        raise TaggerError(f"event rule {rule!r}: give an EventRule, a rule file's path, or None (to remove one)")
+    path = model_path(model)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    given = None if rule is None or isinstance(rule, EventRule) else {**read_record(rule), "file": str(rule)}
+
+    def change(payload: dict) -> dict:
+        if rule is None:
+            return {RULE_KEY: None}
+        names = LabelSet.from_list_of_dicts(payload["labels"]).names
+        if given is None:
+            record = rule_record(rule, names, {"date": when})
+        else:
+            record = {"date": when, **given}
+        rule_from_record(record, names, EventRule(), f"{rule} for {path}")  # fits this model, or a one-line error
+        return {RULE_KEY: record}
+
+    return update_checkpoint(path, change)
 
 
 def default_checkpoint() -> Path:
