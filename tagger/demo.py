@@ -196,8 +196,10 @@ def strong_demo(data: Path, labels: str, start: Path, folder: Path) -> str:
         run_to(out, "evaluate", "--model", str(run_dir / "best.pt"), "--strong", str(folder / "true-events.tsv"),
                "--audio-dir", str(folder), "--median-filter", "0.25", "--format", "json")
         (found[name],) = json.loads(out.read_text())
-    return "strong labels (mn01 frame output on the recording): " + ", ".join(
-        f"{name} PSDS1 {m['psds1']:.3f} / event F1 {m['event_f1']:.2f}" for name, m in found.items())
+    loss = {name: min(float(row["valid_frame_loss"]) for row in _rows(run_dir / "metrics.csv"))
+            for name, run_dir in runs.items()}
+    return "strong labels (mn01's frame output; best validation frame loss, then the recording): " + ", ".join(
+        f"{name} {loss[name]:.3f}, PSDS1 {m['psds1']:.3f}, event F1 {m['event_f1']:.2f}" for name, m in found.items())
 
 
 def strong_labels(data: Path, split: str) -> Path:
