@@ -106,6 +106,16 @@ def test_a_clip_without_strong_labels_has_no_frame_targets(bursts):
     assert targets(1, start=800).sum() == 0  # the crop starts after the event
     padded = targets(1, start=-400)  # 25 ms of zeros come first
     assert padded[:2].sum() == 0 and padded[2:7].sum() == 5
+    rolled = targets(1, shift=1200)  # rolled 75 ms later: the event's last 25 ms wrap round to the start
+    assert rolled[:2].sum() == 2 and rolled[7:].sum() == 3
+
+
+def test_frames_the_front_end_pads_past_the_item_have_no_events():
+    """PSLA and AST pad their fbank to a fixed length: those frames hold no audio, whatever the roll."""
+    grid = FrameGrid(20, HOP, RATE, 1600)  # 10 frames of audio, 10 of padding
+    targets = FrameTargets(StrongLabels([StrongEvent("c", 0.0, 0.1, "beep")]), [("c",)], LABELS, grid)
+    assert targets(0).ravel().tolist() == [1.0] * 10 + [0.0] * 10
+    assert targets(0, shift=800)[10:].sum() == 0
 
 
 def test_frame_loss_is_the_loss_at_the_models_step_resolution():
@@ -215,3 +225,17 @@ def test_strong_labels_need_a_frame_model_audio_and_matching_clips(scenes, tmp_p
     assert result.exit_code == 2 and "every training clip has strong labels" in result.output
     for message in (result.output,):
         assert "Traceback" not in message
+
+
+@pytest.mark.parametrize("arch", ["efficientat-mn01", "psla-effnet-b0-att4"])
+def test_strong_labels_switch_on_the_frame_output_of_efficientat_and_psla(scenes, tmp_path, arch):
+    from tagger.checkpoint import load_checkpoint
+
+    result = CliRunner().invoke(app, [
+        "train", "--arch", arch, "--train", str(scenes / "scenes" / "train.csv"), "--valid",
+        str(scenes / "scenes" / "test.csv"), "--labels", str(scenes / "scenes" / "labels.csv"), "--out",
+        str(tmp_path / "run"), "--strong", str(scenes / "scenes" / "train-strong.tsv"), "--set", "run.epochs=1",
+        "--set", "data.batch_size=4", "--set", "data.clip_seconds=3", "--set", "data.num_workers=0"])
+    assert result.exit_code == 0, result.output
+    model, meta = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert meta["model_kwargs"]["frame_output"] is True and model.frame_level

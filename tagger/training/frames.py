@@ -33,10 +33,11 @@ class FrameGrid:
 
     def source_seconds(self, start: int, shift: int) -> np.ndarray:
         """(frames,) time in the source clip under each frame's centre, for an item that starts at sample `start`
-        of its clip and was rolled by `shift` samples (item sample i holds cropped sample i - shift)."""
-        centre = (np.arange(self.frames) + 0.5) * self.frame_seconds * self.sample_rate
-        unrolled = np.mod(np.floor(centre) - shift, self.samples)
-        return (unrolled + start) / self.sample_rate
+        of its clip and was rolled by `shift` samples (item sample i holds cropped sample i - shift). Frames past
+        the item's end (a front-end that pads to a fixed length, as AST and PSLA do) lie under no event: -inf."""
+        centre = np.floor((np.arange(self.frames) + 0.5) * self.frame_seconds * self.sample_rate)
+        unrolled = np.mod(centre - shift, self.samples)
+        return np.where(centre < self.samples, (unrolled + start) / self.sample_rate, -np.inf)
 
 
 class FrameTargets:
