@@ -186,6 +186,11 @@ def test_strong_runs_of_htsat_with_and_without_weak_clips(scenes, tmp_path):
     assert [float(r["valid_frame_loss"]) > 0 for r in rows] == [True, True]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["train"]["strong"]["path"].endswith("train-strong.tsv")
+    config = tmp_path / "run" / "config.toml"
+    config.write_text(config.read_text().replace("epochs = 2", "epochs = 3"))
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])  # strong labels from run.json
+    assert resumed.exit_code == 0, resumed.output
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))) == 3
 
     # the strong annotation alone is a training set: its clips are found in --audio-dir
     alone = train(scenes, tmp_path / "alone", "--audio-dir", str(scenes / "scenes" / "audio"), *strong)
