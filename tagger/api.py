@@ -18,8 +18,8 @@ from tagger.inference.events import EventRule
 from tagger.inference.predict import FileResult, PredictOptions, expand_inputs, predict_arrays, predict_files
 from tagger.inference.runtime import Scorer
 
-__all__ = ["Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "load", "resume",
-           "store_event_rule", "train"]
+__all__ = ["Event", "EventRule", "Label", "ModelInfo", "Prediction", "Tagger", "evaluate", "import_checkpoint", "info",
+           "load", "resume", "store_event_rule", "train"]
 
 Audio = str | Path | np.ndarray
 
@@ -118,6 +118,11 @@ class Tagger:
         `predict(events=True)` uses it."""
         return self._scorer.event_rule
 
+    @property
+    def info(self) -> ModelInfo:
+        """What the model file is and where its weights came from (`tagger.api.info`; reads the file again)."""
+        return info(self.source)
+
     def __repr__(self) -> str:
         rule = ", stored event rule" if self._scorer.event_record is not None else ""
         return (f"Tagger({self.source!r}: {self._scorer.model.arch or 'ensemble'}, {len(self.labels)} classes, "
@@ -201,6 +206,171 @@ class Tagger:
                       for e in result.events]
         return Prediction(str(result.path), result.duration, picked, scores, events,
                           result.embedding if embedding else None)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file is (`tagger info`, `Tagger.info`): its architecture and outputs, how it was made, and
+    where its weights came from with the licence their authors state. An ensemble lists its members.
+
+    made: how the weights were made, in words. licence: the weights' licence in words ("none recorded" for weights
+    tagger trained from scratch). source: the provenance the file records (family, file, sha256, size, imported,
+    licence, code_licence, licence_source; release and url when pulled; "derived": the steps since), or None.
+    event_rule: the stored event rule, in words, or None.
+    """
+
+    path: str
+    kind: str  # "checkpoint" or "ensemble"
+    arch: str
+    family: str
+    classes: int
+    sample_rate: int
+    frame_output: bool
+    task: str
+    parameters: int
+    model_kwargs: dict
+    made: str
+    licence: str
+    source: dict | None
+    event_rule: str | None = None
+    members: tuple[ModelInfo, ...] = ()
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON; members nested."""
+        row = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "members"}
+        if self.kind == "ensemble":
+            row["members"] = [member.to_dict() for member in self.members]
+        return row
+
+    def summary(self) -> dict[str, str]:
+        """One row of short texts, for a table."""
+        return {"path": self.path, "kind": self.kind, "arch": self.arch, "family": self.family,
+                "classes": str(self.classes), "sample_rate": str(self.sample_rate),
+                "frame_output": "yes" if self.frame_output else "no", "task": self.task,
+                "params_M": f"{self.parameters / 1e6:.3f}", "model_kwargs": _compact(self.model_kwargs),
+                "made": self.made, "licence": self.licence, "licence_source": _licence_sources(self.source),
+                "provenance": _provenance_text(self.source),
+                "event_rule": self.event_rule or "none"}
+
+
+def info(model: str | Path | None = None) -> ModelInfo:
+    """Describe a tagger checkpoint or ensemble (.pt), or a pulled release by name; None: the default model."""
+    from tagger.checkpoint import load_model
+    from tagger.ensemble.store import FORMAT as ENSEMBLE_FORMAT
+    from tagger.inference.runtime import default_checkpoint, model_path
+
+    path = default_checkpoint() if model is None else model_path(model)
+    built, meta = load_model(path)
+    if meta.get("format") == ENSEMBLE_FORMAT:
+        sources = meta.get("sources") or [f"member {k + 1}" for k in range(len(meta["members"]))]
+        members = tuple(_model_info(m, member_meta, str(where))
+                        for m, member_meta, where in zip(built.members, meta["members"], sources, strict=True))
+        return _ensemble_info(built, meta, str(path), members)
+    return _model_info(built, meta, str(path))
+
+
+def _model_info(model, meta: dict, path: str) -> ModelInfo:
+    from tagger.inference.events import RULE_KEY, describe_record
+    from tagger.models import has_frame_output
+
+    source = meta.get("source") or None
+    rule = meta.get(RULE_KEY)
+    return ModelInfo(path, "checkpoint", meta["arch"], model.family, len(meta["labels"]), model.sample_rate,
+                     has_frame_output(model), meta.get("task", "multilabel"),
+                     sum(p.numel() for p in model.parameters()), dict(meta.get("model_kwargs") or {}),
+                     _made(meta.get("train") or {}, source or {}), _licence_text(source), source,
+                     describe_record(rule) if rule else None)
+
+
+def _ensemble_info(model, meta: dict, path: str, members: tuple[ModelInfo, ...]) -> ModelInfo:
+    from tagger.checkpoint import derived_source
+    from tagger.inference.events import RULE_KEY, describe_record
+
+    rule = meta.get(RULE_KEY)
+    source = derived_source([m.source for m in members], {"how": "prediction ensemble",
+                                                          "from": [m.path for m in members]})
+    weights = ", ".join(f"{w:.3g}" for w in meta.get("weights") or [])
+    made = f"prediction ensemble of {len(members)} checkpoints ({meta.get('combine')}, weights {weights})"
+    families = " + ".join(dict.fromkeys(m.family for m in members))
+    return ModelInfo(path, "ensemble", "ensemble", families, len(meta["labels"]), model.sample_rate,
+                     bool(model.frame_level), meta.get("task", "multilabel"),
+                     sum(p.numel() for p in model.parameters()), dict(model.model_kwargs), made,
+                     _licence_text(source), source, describe_record(rule) if rule else None, members)
+
+
+def _made(train: dict, source: dict) -> str:
+    """How a checkpoint's weights were made, from its training record."""
+    if train.get("imported_from"):
+        text = f"imported from {train['imported_from']} ({train.get('family', '?')} checkpoint)"
+        if source.get("imported"):
+            text += f" on {str(source['imported'])[:10]}"
+        return text + (f"; the release {source['release']}" if source.get("release") else "")
+    if train.get("averaged"):
+        sources = train["averaged"].get("sources") or []
+        return f"weight average of {len(sources)} checkpoints: {', '.join(map(str, sources))}"
+    if "epoch" not in train:
+        return "not recorded"
+    config = train.get("config") or {}
+    model, optim, data = (config.get(k) or {} for k in ("model", "optim", "data"))
+    metric = train.get("metric") or ""
+    metrics = train.get("metrics") or {}
+    value = metrics.get({"loss": "valid_loss", "frame_loss": "valid_frame_loss"}.get(metric, metric))
+    parts = [f"trained by tagger to epoch {train['epoch']:g}" if isinstance(train["epoch"], (int, float))
+             else f"trained by tagger to epoch {train['epoch']}"]
+    if isinstance(value, (int, float)):
+        parts.append(f"valid {metric} {value:.4g}")
+    parts.append(f"from {model.get('init') or 'random weights'}")
+    if optim:
+        parts.append(f"{optim.get('name', '?')} lr {optim.get('lr', '?')}, batch {data.get('batch_size', '?')}, "
+                     f"{data.get('clip_seconds', '?')} s clips")
+    teacher = (config.get("loss") or {}).get("teacher")
+    if teacher:
+        parts.append(f"distilled from {teacher}")
+    return "; ".join(parts)
+
+
+def _licence_text(source: dict | None) -> str:
+    if not source:
+        return "none recorded (no imported weights in its history)"
+    weights, code = source.get("licence", "unknown"), source.get("code_licence")
+    if code is None or code == weights:
+        return f"{weights} (weights{' and code' if code else ''})"
+    return f"{weights} (weights); code {code}"
+
+
+def _licence_sources(source: dict | None) -> str:
+    """Where the licences were read (weights/licences.py), once per distinct source."""
+    if not source:
+        return ""
+    files = source.get("sources") if isinstance(source.get("sources"), list) else [source]
+    return "; ".join(dict.fromkeys(str(one["licence_source"]) for one in files if one.get("licence_source")))
+
+
+def _provenance_text(source: dict | None) -> str:
+    """Where the weights came from, in one line: the official file(s), then the steps since."""
+    if not source:
+        return "none recorded"
+    files = source.get("sources") if isinstance(source.get("sources"), list) else [source]
+    texts = []
+    for one in files:
+        size = f", {one['size']:,} bytes" if isinstance(one.get("size"), int) else ""
+        text = f"{one.get('file', '?')} ({one.get('family', '?')}{size}), sha256 {one.get('sha256', '?')}"
+        if one.get("release"):
+            text += f", release {one['release']}"
+        if one.get("url"):
+            text += f" from {one['url']}"
+        texts.append(text)
+    steps = []
+    for step in source.get("derived") or []:
+        origin = step.get("from") if isinstance(step, dict) else None
+        origin = ", ".join(map(str, origin)) if isinstance(origin, list) else origin
+        how = step.get("how", "?") if isinstance(step, dict) else str(step)
+        steps.append(f"{how} from {origin}" if origin else how)
+    return "; ".join(texts) + "".join(f"; then {step}" for step in steps)
+
+
+def _compact(value: dict) -> str:
+    return ", ".join(f"{key}={item}" for key, item in value.items())
 
 
 def load(model: str | Path | None = None, device: str = "auto", precision: str = "fp32",

@@ -4,13 +4,18 @@ Files are read through `torchfile` (torch.load with weights_only=True only). Oth
 ensemble) register a builder for their "format" here, so this module loads them without importing their code.
 `update_checkpoint` changes top-level entries of either kind in place, such as the tuned event rule a file may
 carry ("event_rule", written by `inference.runtime.store_event_rule`).
+
+"source" says where the weights came from: an imported checkpoint records the official file (family, name, size,
+SHA-256, date, licences; `tagger pull` adds the release and URL), and weights made from it (a run initialised
+from it, an average) keep that record with the steps that made them appended (`derived_source`).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +66,8 @@ def save_checkpoint(
 ) -> Path:
     """Write `model` with everything needed to rebuild and use it, atomically.
 
-    source: where official weights came from (release, url, file, sha256, licence, paper), as `tagger pull`
-    records it; shown wherever the checkpoint is described."""
+    source: where the weights came from (family, file, sha256, licence; a release and url when pulled), as
+    `tagger import-checkpoint` and `tagger pull` record it and `derived_source` carries it on."""
     from tagger.frontends import frontend_to_dict
 
     if task not in TASKS:
@@ -86,6 +91,37 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def derived_source(sources: Sequence[dict | None], step: dict) -> dict | None:
+    """The provenance of weights made from others (a run initialised from a checkpoint, an average of several): the
+    recorded source they share, or all of theirs under "sources" when they differ, with `step` (what made the new
+    weights, e.g. {"how": "trained", "from": PATH}) appended to "derived". None when none records a source: weights
+    trained from scratch carry no one else's licence."""
+    known = [s for s in sources if isinstance(s, dict) and s]
+    if not known:
+        return None
+    steps: list = []
+    bases: list[dict] = []
+    for source in known:
+        for old in source.get("derived", []):
+            if old not in steps:
+                steps.append(copy.deepcopy(old))
+        base = {k: copy.deepcopy(v) for k, v in source.items() if k != "derived"}
+        for one in base["sources"] if isinstance(base.get("sources"), list) else [base]:
+            if one not in bases:
+                bases.append(one)
+    if len(bases) == 1:
+        result = bases[0]
+    else:  # weights of several origins: each licence applies, so all of them are kept and named
+        def joined(key: str) -> str:
+            values = dict.fromkeys(str(b.get(key, "unknown")) for b in bases)
+            return " + ".join(values)
+
+        result = {"family": joined("family"), "licence": joined("licence"), "code_licence": joined("code_licence"),
+                  "sources": bases}
+    result["derived"] = [*steps, step]
+    return result
 
 
 def check_writable(path: str | Path) -> Path:

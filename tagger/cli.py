@@ -419,6 +419,31 @@ def import_checkpoint_command(
     console.render([row], fmt, title="imported")
 
 
+@app.command("info")
+@user_errors
+def info_command(
+    model: Annotated[str, typer.Argument(help="A tagger checkpoint or ensemble (.pt), or a pulled release's name.")],
+    fmt: FormatOption = "table",
+) -> None:
+    """What a model file is: architecture, classes, sample rate, frame output, how it was made, where its weights
+    came from and under which licence, and a stored event rule; an ensemble's members too."""
+    _check_format(fmt)
+    from tagger import api, console
+
+    described = api.info(model)
+    if fmt == "json":
+        console.render([described.to_dict()], fmt, title="model")
+        return
+    members = [member.summary() for member in described.members]
+    if fmt == "csv":
+        console.render([described.summary(), *members], fmt)
+        return
+    console.render([described.summary()], fmt, title=f"model {described.path}")
+    if members:
+        columns = ("path", "arch", "classes", "made", "licence", "provenance")
+        console.render([{k: row[k] for k in columns} for row in members], fmt, title="members")
+
+
 @app.command("train")
 @user_errors
 def train_command(

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tagger.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from tagger.checkpoint import derived_source
 from tagger.ensemble.combine import check_weights
 from tagger.ensemble.store import FORMAT as ENSEMBLE_FORMAT
 from tagger.errors import TaggerError
@@ -177,7 +178,8 @@ def average_payloads(payloads: Sequence[dict], sources: Sequence[str],
 
     Everything but the weights and the training record comes from the first checkpoint (they are equal, or
     check_compatible would have refused). Per-epoch metrics are dropped: they describe a member, not the mean; so
-    is an event rule stored with the first one, whose thresholds were tuned on that member's scores.
+    is an event rule stored with the first one, whose thresholds were tuned on that member's scores. The provenance
+    ("source") is every member's, with the average appended (`derived_source`), so their licences stay with it.
     """
     check_compatible(payloads, sources)
     shares = check_weights(weights, len(payloads))
@@ -186,6 +188,11 @@ def average_payloads(payloads: Sequence[dict], sources: Sequence[str],
               if key not in ("state_dict", "train", "event_rule")}
     result["state_dict"] = average_states([p["state_dict"] for p in payloads], shares)
     result["train"] = _averaged_train(payloads, sources, shares)
+    step = {"how": "weight average", "from": [str(s) for s in sources]}
+    origin = derived_source([p.get("source") for p in payloads], step)
+    result.pop("source", None)
+    if origin:
+        result["source"] = origin  # the members' provenance and licences, kept for the average
     return result
 
 

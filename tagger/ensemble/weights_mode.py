@@ -52,7 +52,8 @@ def build_average(candidates: list[Candidate], pool: list[int], selection: Selec
                     validation.metric if validation else None, str(settings.valid) if validation else None, value,
                     bn_clips)
     train = {**averaged.get("train", {}), "ensemble": report.to_dict()}
-    save_checkpoint(settings.out, model, labels, task, normalization=averaged.get("normalization"), train=train)
+    save_checkpoint(settings.out, model, labels, task, normalization=averaged.get("normalization"), train=train,
+                    source=averaged.get("source"))
     return report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tagger.checkpoint import load_checkpoint
+from tagger.checkpoint import derived_source, load_checkpoint
 from tagger.data.dataset import CachedFeatureDataset
 from tagger.errors import TaggerError
 from tagger.frontends import KaldiFbank, frontend_to_dict
@@ -42,7 +42,10 @@ def classifier_keys(arch: str, kwargs: dict[str, Any]) -> set[str]:
 
 
 def from_checkpoint(path: str, arch: str, kwargs: dict[str, Any], labels: LabelSet) -> tuple[TaggerModel, list[str]]:
-    """Everything of a tagger checkpoint loads; the classifier is re-initialised when the label set differs."""
+    """Everything of a tagger checkpoint loads; the classifier is re-initialised when the label set differs.
+
+    The model carries `init_source`, the checkpoint's provenance with this run appended (`derived_source`), for
+    the trainer to record in the checkpoints it writes: weights trained from imported ones keep their licence."""
     if not path:
         raise TaggerError("model.init=checkpoint: needs a path, e.g. checkpoint:mn04_as.pt")
     source, meta = load_checkpoint(path)
@@ -64,6 +67,7 @@ def from_checkpoint(path: str, arch: str, kwargs: dict[str, Any], labels: LabelS
                               f"{tuple(value.shape)}; use the checkpoint's model settings ({meta['model_kwargs']})")
         loaded[key] = theirs[key]
     model.load_state_dict({**own, **loaded})
+    model.init_source = derived_source([meta.get("source")], {"how": "trained", "from": str(path)})
     notes = [f"initialised from {path}: {len(loaded)} of {len(own)} tensors loaded"]
     if fresh:
         notes.append(f"the label set differs ({len(meta['labels'])} → {len(labels)} classes): classifier re-initialised"

@@ -205,6 +205,7 @@ class Trainer:
         self.model, init_notes = build_model(cfg, self.labels, saved_kwargs, self._frame_kwargs())
         self.model.to(self.ctx.device)
         self.init_notes = init_notes
+        self.source = getattr(self.model, "init_source", None)  # provenance of the weights it starts from
         self.grids = self._frame_grids()
         self._check_batch()
         self.state = TrainState()
@@ -414,6 +415,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "state": {**asdict(self.state), "seconds": self._elapsed()},
+            "source": self.source,
         }
 
     def save_resume(self) -> None:
@@ -430,6 +432,7 @@ class Trainer:
         if self.scaler and payload["scaler"]:
             self.scaler.load_state_dict(payload["scaler"])
         self.state = TrainState(**payload["state"])
+        self.source = payload.get("source", self.source)
         self._reconcile_metrics()
 
     def _reconcile_metrics(self) -> None:
@@ -727,12 +730,12 @@ class Trainer:
             better = False
         train_info = {"epoch": row["epoch"], "step": state.step, "metrics": row, "config": cfg.to_dict(),
                       "metric": self.metric}
-        save_checkpoint(self.paths.last, self.model, self.labels, self.task, train=train_info)
+        save_checkpoint(self.paths.last, self.model, self.labels, self.task, train=train_info, source=self.source)
         if cfg.run.save_every_epoch and float(row["epoch"]).is_integer():
             keep_copy(self.paths.last, self.paths.epoch(int(row["epoch"])))
         if better:
             state.best, state.best_epoch, state.since_best = float(value), row["epoch"], 0
-            save_checkpoint(self.paths.best, self.model, self.labels, self.task, train=train_info)
+            save_checkpoint(self.paths.best, self.model, self.labels, self.task, train=train_info, source=self.source)
         else:
             state.since_best += 1
         state.rows.append(row)
