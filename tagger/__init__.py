@@ -9,8 +9,8 @@ The public API (docs/api.md): `tagger.load(path)` gives a `Tagger` that predicts
 from tagger.errors import TaggerError
 from tagger.version import __version__
 
-_API = ("Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "load", "resume",
-        "store_event_rule", "train")
+_API = ("Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "info", "load",
+        "resume", "store_event_rule", "train")
 __all__ = ["TaggerError", "__version__", *_API]
 
 

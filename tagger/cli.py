@@ -415,7 +415,8 @@ def import_checkpoint_command(
     for note in result.notes:
         console.log(f"note: {note}")
     row = {"out": str(result.out), "arch": result.arch, "classes": result.num_classes,
-           "params_M": round(result.parameters / 1e6, 3)}
+           "params_M": round(result.parameters / 1e6, 3), "sha256": result.source.get("sha256", ""),
+           "licence": result.source.get("licence", "")}
     console.render([row], fmt, title="imported")
 
 
