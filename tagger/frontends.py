@@ -1,4 +1,4 @@
-"""Batched audio front-ends reproducing the official AST/PSLA, PaSST/EfficientAT and PANNs/HTS-AT features."""
+"""Batched audio front-ends reproducing the official AST/PSLA, PaSST/EfficientAT, PANNs/HTS-AT and CED features."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,8 @@ from tagger.errors import TaggerError
 
 __all__ = [
     "FRONTENDS",
+    "CedMel",
+    "CedMelConfig",
     "KALDI_PRESETS",
     "KaldiFbank",
     "KaldiFbankConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "build_frontend",
     "fit_frames",
     "frontend_to_dict",
+    "htk_mel_filters",
     "kaldi_mel_banks",
     "normalize",
 ]
@@ -307,6 +310,8 @@ class PasstMelConfig:
 class LogMelConfig:
     """torchlibrosa Spectrogram + LogmelFilterBank settings used by PANNs and HTS-AT."""
 
+    label: ClassVar[str] = "panns-logmel"  # the front-end's name, for messages
+
     sample_rate: int = 32000
     n_fft: int = 1024
     hop_length: int = 320
@@ -319,20 +324,37 @@ class LogMelConfig:
     top_db: float | None = None
 
     def __post_init__(self) -> None:
-        _require(self.sample_rate > 0, f"panns-logmel: sample_rate must be > 0, got {self.sample_rate}")
-        _require(self.n_mels >= 1, f"panns-logmel: n_mels must be >= 1, got {self.n_mels}")
+        name = self.label
+        _require(self.sample_rate > 0, f"{name}: sample_rate must be > 0, got {self.sample_rate}")
+        _require(self.n_mels >= 1, f"{name}: n_mels must be >= 1, got {self.n_mels}")
         _require(
             0 < self.win_length <= self.n_fft and self.hop_length > 0,
-            f"panns-logmel: need 0 < win_length <= n_fft and hop_length > 0, got {self.win_length}, "
+            f"{name}: need 0 < win_length <= n_fft and hop_length > 0, got {self.win_length}, "
             f"{self.n_fft}, {self.hop_length}",
         )
         fmax = self.sample_rate / 2 if self.fmax is None else self.fmax
         _require(
             0 <= self.fmin < fmax <= self.sample_rate / 2,
-            f"panns-logmel: need 0 <= fmin < fmax <= {self.sample_rate / 2:g} Hz, got {self.fmin}, {fmax}",
+            f"{name}: need 0 <= fmin < fmax <= {self.sample_rate / 2:g} Hz, got {self.fmin}, {fmax}",
         )
-        _require(self.amin > 0 and self.ref > 0, "panns-logmel: amin and ref must be > 0")
-        _require(self.top_db is None or self.top_db >= 0, f"panns-logmel: top_db must be >= 0, got {self.top_db}")
+        _require(self.amin > 0 and self.ref > 0, f"{name}: amin and ref must be > 0")
+        _require(self.top_db is None or self.top_db >= 0, f"{name}: top_db must be >= 0, got {self.top_db}")
+
+
+@dataclass(frozen=True)
+class CedMelConfig(LogMelConfig):
+    """CED's torchaudio MelSpectrogram (HTK mel, no filter normalisation) + AmplitudeToDB(top_db=120) settings."""
+
+    label: ClassVar[str] = "ced-mel"
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    hop_length: int = 160
+    win_length: int = 512
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float | None = 8000.0
+    top_db: float | None = 120.0
 
 
 KALDI_PRESETS: dict[str, KaldiFbankConfig] = {
@@ -578,13 +600,14 @@ class LogMel(_FrontEnd):
     """
 
     name = "panns-logmel"
+    config_class: ClassVar[type[LogMelConfig]] = LogMelConfig
 
     def __init__(self, config: LogMelConfig | None = None, **overrides: Any) -> None:
         super().__init__()
-        self.config = c = _resolve_config(LogMelConfig, config, overrides, self.name)
+        self.config = c = _resolve_config(self.config_class, config, overrides, self.name)
         window = _fft_window(torch.hann_window(c.win_length, periodic=True), c.n_fft)
         self.register_buffer("window", window, persistent=False)
-        self.register_buffer("melW", self._slaney_filters())
+        self.register_buffer("melW", self._mel_filters())
 
     @property
     def min_samples(self) -> int:
@@ -662,6 +685,10 @@ class LogMel(_FrontEnd):
         with torch.no_grad():
             self.melW.copy_(melW.detach())
 
+    def _mel_filters(self) -> Tensor:
+        """The (n_fft // 2 + 1, n_mels) filters `melW` holds."""
+        return self._slaney_filters()
+
     def _slaney_filters(self) -> Tensor:
         """librosa's Slaney mel filters, transposed as torchlibrosa stores them; librosa loads only here."""
         import librosa
@@ -677,6 +704,50 @@ class LogMel(_FrontEnd):
             norm="slaney",
         )
         return torch.from_numpy(weights.T.copy())
+
+
+def htk_mel_filters(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float | None) -> Tensor:
+    """Triangular mel filters on the HTK scale without area normalisation, (n_fft // 2 + 1, n_mels) float32:
+    torchaudio's MelSpectrogram defaults (mel_scale="htk", norm=None), which CED was trained with.
+
+    Mel is 2595·log10(1 + f/700). n_mels + 2 points equally spaced in mel from fmin to fmax (None: Nyquist) are
+    the filters' edges and centres; each filter rises linearly in Hz from its left edge to its centre and falls
+    to its right edge. FFT bins sit at equal steps from 0 Hz to the integer Nyquist, as torchaudio places them.
+    Computed in float32 in torchaudio's order of operations, so the filters equal the ones the models were
+    trained with bit for bit (float64 would move them by up to 5e-6).
+    """
+    top = sample_rate / 2 if fmax is None else fmax
+
+    def mel(hz: float) -> float:
+        return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1, dtype=torch.float32).unsqueeze(1)
+    edges = 700.0 * (10.0 ** (torch.linspace(mel(fmin), mel(top), n_mels + 2, dtype=torch.float32) / 2595.0) - 1.0)
+    left, centre, right = edges[:-2], edges[1:-1], edges[2:]
+    rising = (freqs - left) / (centre - left)
+    falling = (right - freqs) / (right - centre)
+    return torch.clamp_min(torch.minimum(rising, falling), 0.0)
+
+
+class CedMel(LogMel):
+    """CED's front-end, as RicherMans/CED builds it from torchaudio's MelSpectrogram and AmplitudeToDB(top_db=120):
+    16 kHz, a centred 512-point STFT with a periodic Hann window, hop 160 (10 ms) and reflect padding, power, 64
+    HTK mel filters from 0 to 8 kHz without normalisation, 10·log10 floored at 1e-10, and every value more than
+    120 dB below the clip's maximum raised to that level.
+
+    The arithmetic and buffers (`window`, `melW` in the (n_fft // 2 + 1, n_mels) layout of torchaudio's
+    `mel_scale.fb`) are LogMel's; only the filters and the defaults differ. torchaudio takes the top_db maximum
+    over a whole (B, F, T) batch, so a clip's features would depend on its batch mates; here it is per clip,
+    which equals the official features of a clip run alone. The BatchNorm over mel bins that follows is part of
+    the model (`init_bn`): it has learned weights.
+    """
+
+    name = "ced-mel"
+    config_class: ClassVar[type[LogMelConfig]] = CedMelConfig
+
+    def _mel_filters(self) -> Tensor:
+        c = self.config
+        return htk_mel_filters(c.n_mels, c.n_fft, c.sample_rate, c.fmin, c.fmax)
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -716,6 +787,7 @@ FRONTENDS: dict[str, type[_FrontEnd]] = {
     KaldiFbank.name: KaldiFbank,
     PasstMel.name: PasstMel,
     LogMel.name: LogMel,
+    CedMel.name: CedMel,
     Waveform.name: Waveform,
 }
 

@@ -1,6 +1,6 @@
 """Model registry: every tagger architecture by name, built with `create_model`, listed by `list_models`.
 
-One file per family (ast, passt, htsat, psla, panns, panns_1d, efficientat) registers its models and the importer
+One file per family (ast, passt, htsat, psla, panns, panns_1d, efficientat, ced) registers its models and the importer
 of its official checkpoints; base.py is the contract (waveform in, TaggerOutput out), policy.py what a model does
 with clips of any length, heads.py the pooling heads, inference.py the fused CPU path, catalog.json the zoo listing
 and releases.py the table of official weights `tagger pull` reads.
@@ -33,6 +33,7 @@ _FAMILY_MODULES = (
     "tagger.models.passt",
     "tagger.models.ast",
     "tagger.models.htsat",
+    "tagger.models.ced",
 )
 
 # What a family name means as an architecture (`--arch ast`): the paper's main AudioSet model of each family.
@@ -43,6 +44,7 @@ FAMILY_DEFAULTS = {
     "psla": "psla-effnet-b2-att4",  # PSLA: EfficientNet-B2 with 4-head attention pooling (0.444)
     "panns": "panns-cnn14",  # PANNs: Cnn14 (0.431)
     "efficientat": "efficientat-mn10",  # EfficientAT: MobileNetV3 width 1.0 (0.471), the official inference default
+    "ced": "ced-mini",  # CED-Mini (0.490, 9.6 M), the official inference default
 }
 
 
