@@ -196,7 +196,8 @@ def extract_features_command(
                              "a pack or AudioSet HDF5 file.")
     ],
     frontend: Annotated[
-        str, typer.Option(help="kaldi-fbank (AST/PSLA), passt-mel (PaSST/EfficientAT), panns-logmel (PANNs/HTS-AT).")
+        str, typer.Option(help="kaldi-fbank (AST/PSLA), passt-mel (PaSST/EfficientAT), panns-logmel (PANNs/HTS-AT), "
+                              "ced-mel (CED).")
     ],
     out: Annotated[Path, typer.Option(help="Feature store folder (created; reruns resume).")],
     labels: Annotated[Path | None, typer.Option(help="class_labels_indices.csv to validate labels against.")] = None,

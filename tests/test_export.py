@@ -31,6 +31,7 @@ TINY = {
     # tile the 1.5 s check clip (6 copies)
     "htsat-tiny": ({"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [2, 2, 4, 4], "short_input": "tile"}, 6.0),
     "passt-s-p16-s10": ({"embed_dim": 64, "depth": 1, "num_heads": 2}, 2.0),
+    "ced-tiny": ({"embed_dim": 32, "depth": 1, "num_heads": 2}, 2.0),  # ced-mel
 }
 
 

@@ -141,6 +141,7 @@ _GRAPHS: dict[str, type[_GraphFrontend]] = {
     "kaldi-fbank": _KaldiGraph,
     "passt-mel": _PasstGraph,
     "panns-logmel": _LogMelGraph,
+    "ced-mel": _LogMelGraph,  # the same STFT log-mel, with CED's HTK banks (held by the front-end) and top_db per clip
     "waveform": _WaveformGraph,
 }
 

@@ -57,6 +57,24 @@ def provenance(family: str, path: str | Path, known: dict | None = None) -> dict
     return {**record, **known}
 
 
+def read_official(path: str | Path):
+    """An official weights file: a torch pickle (read safely), or a `.safetensors` file (CED's model cards)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return read_torch_file(path)
+    if not path.is_file():
+        raise TaggerError(f"{path} does not exist; check the path")
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise TaggerError(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors, "
+                          "or pip install 'tagger[export]')") from None
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a damaged header
+        raise TaggerError(f"{path}: not a readable safetensors file ({error})") from None
+
+
 def import_checkpoint(
     family: str,
     path: str | Path,
@@ -73,7 +91,7 @@ def import_checkpoint(
     if out.exists() and not force:
         raise TaggerError(f"{out} exists; choose another --out or pass --force to replace it")
     convert = importer(family)
-    weights = convert(read_torch_file(path), arch)
+    weights = convert(read_official(path), arch)
     model = weights.build_model(source=str(path))
     notes = list(weights.notes)
     if labels is None:

@@ -244,6 +244,16 @@ def test_model_card_safetensors_file(tmp_path):
     model = importer("ced")(safetensors.load_file(str(path)), None).build_model(source=str(path))
     wave = _wave(2.0)
     torch.testing.assert_close(_probabilities(model, wave), _probabilities(reference, wave), rtol=0, atol=0)
+    # the CLI reads the file as it is
+    from tagger.checkpoint import load_checkpoint
+    from tagger.weights.importing import import_checkpoint
+
+    import_checkpoint("ced", path, tmp_path / "ced.pt")
+    imported, _ = load_checkpoint(tmp_path / "ced.pt")
+    torch.testing.assert_close(_probabilities(imported, wave), _probabilities(reference, wave), rtol=0, atol=0)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(TaggerError, match="not a readable safetensors file"):
+        import_checkpoint("ced", tmp_path / "broken.safetensors", tmp_path / "x.pt")
 
 
 def test_released_size_is_read_from_the_shapes():
