@@ -10,7 +10,7 @@ from tagger.errors import TaggerError
 from tagger.version import __version__
 
 _API = ("Event", "EventRule", "Label", "Prediction", "Tagger", "evaluate", "import_checkpoint", "info", "load",
-        "resume", "store_event_rule", "train")
+        "resume", "store_event_rule", "teach", "train")
 __all__ = ["TaggerError", "__version__", *_API]
 
 

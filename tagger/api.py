@@ -19,7 +19,7 @@ from tagger.inference.predict import FileResult, PredictOptions, expand_inputs, 
 from tagger.inference.runtime import Scorer
 
 __all__ = ["Event", "EventRule", "Label", "ModelInfo", "Prediction", "Tagger", "evaluate", "import_checkpoint", "info",
-           "load", "resume", "store_event_rule", "train"]
+           "load", "resume", "store_event_rule", "teach", "train"]
 
 Audio = str | Path | np.ndarray
 
@@ -412,17 +412,21 @@ def train(train: str | Path | None, valid: str | Path, out: str | Path, arch: st
           train_folds: Sequence[int] | None = None, valid_folds: Sequence[int] | None = None,
           audio_dir: str | Path | None = None, strong: str | Path | None = None,
           valid_strong: str | Path | None = None, strong_label_map: str | Path | None = None,
-          show_progress: bool = True):
+          teacher_targets: str | Path | None = None, show_progress: bool = True):
     """Train a model as `tagger train` does: a recipe (shipped name or TOML) and `section.key=value` overrides
     make the config; `train`/`valid` are manifests, packs, HDF5 files or feature stores. `strong` (and
     `valid_strong`) are strong-label files (DCASE TSV, AudioSet-Strong TSV, predict --events output) for those
     clips: the model's frame output learns them too. With `strong` and no `train`, the annotated clips (found in
-    `audio_dir`) are the training set. Returns a TrainResult (run_dir, epochs, steps, best, metric, last_metrics,
-    stop_reason, seconds); checkpoints are in run_dir."""
+    `audio_dir`) are the training set. `teacher_targets`: a folder `teach` wrote; each item replays one of its
+    stored draws and distils from that draw's logits (loss.teacher_targets; loss.kd_lambda=0 is KD alone).
+    Returns a TrainResult (run_dir, epochs, steps, best, metric, last_metrics, stop_reason, seconds); checkpoints
+    are in run_dir."""
     from tagger.training import trainer
     from tagger.training.config import build_config
     from tagger.training.frames import strong_manifest
 
+    if teacher_targets is not None:  # absolute, so that --resume finds it from any folder
+        overrides = [*overrides, f"loss.teacher_targets={Path(teacher_targets).resolve()}"]
     config = build_config(None if recipe is None else str(recipe), list(overrides), arch)
     valid_dir = audio_dir
     if train is None:
@@ -434,6 +438,27 @@ def train(train: str | Path | None, valid: str | Path, out: str | Path, arch: st
     return trainer.train(config, trainer.data_spec(train, _folds(train_folds), audio_dir, strong, strong_label_map),
                          trainer.data_spec(valid, _folds(valid_folds), valid_dir, valid_strong, strong_label_map),
                          out, labels, show_progress=show_progress)
+
+
+def teach(teacher: str | Path, data: str | Path, out: str | Path, crops: int = 10, top_k: int = 20, seed: int = 0,
+          clip_seconds: float = 10.0, gain_db: int = 0, batch_size: int = 32, device: str = "auto",
+          precision: str = "fp32", shard_size: int = 1000, workers: int = 2,
+          on_progress: Callable[[int, int], None] | None = None, **options: Any):
+    """Consistent teacher targets, as `tagger teach` makes them: `teacher` (a checkpoint, an ensemble file or a
+    pulled release's name) scores `crops` random draws (crop of `clip_seconds`, gain of an integer dB in
+    [-gain_db, gain_db - 1]) of every clip of `data` (a manifest, folder, pack or AudioSet HDF5 file), and the
+    folder `out` keeps each draw's parameters and the teacher's `top_k` largest logits. Resumable: finished shards
+    are kept, a rerun with other settings is refused. Further options open `data`: manifest_format, folds, split,
+    audio_dir. Returns a TeachResult (out, shards, written, already, clips, unreadable, complete, total_clips,
+    seconds); train on it with `train(..., teacher_targets=out)`."""
+    from tagger.data.clips import open_clips
+    from tagger.training.teach import teach as run
+
+    manifest_format = options.pop("manifest_format", "auto")
+    clips = open_clips(data, manifest_format, **options)
+    return run(teacher, clips, out, crops=crops, k=top_k, seed=seed, clip_seconds=clip_seconds, gain_db=gain_db,
+               shard_size=shard_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
+               on_progress=on_progress)
 
 
 def resume(run_dir: str | Path, show_progress: bool = True):

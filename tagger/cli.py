@@ -469,6 +469,10 @@ def train_command(
         help="Strong labels of the validation clips: metrics.csv gets valid_frame_loss.")] = None,
     strong_label_map: Annotated[Path | None, typer.Option(
         help="CSV from,to mapping the strong files' labels onto the run's classes.")] = None,
+    teacher_targets: Annotated[Path | None, typer.Option(
+        help="Folder from `tagger teach`: each clip replays one of the teacher's stored crops and distils from its "
+             "logits (loss = kd_lambda * label loss + (1 - kd_lambda) * KD; --set loss.kd_lambda=0 is KD alone, as "
+             "CED).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder exactly where it stopped.")
                       ] = None,
     fmt: FormatOption = "table",
@@ -481,7 +485,8 @@ def train_command(
         if resume is not None:
             given = [n for n, v in (("--arch", arch), ("--train", train), ("--valid", valid), ("--recipe", recipe),
                                      ("--set", set_), ("--init", init), ("--out", out), ("--strong", strong),
-                                     ("--valid-strong", valid_strong)) if v]
+                                     ("--valid-strong", valid_strong), ("--teacher-targets", teacher_targets))
+                     if v]
             if given:
                 raise TaggerError(f"--resume continues with the run's saved settings; drop {', '.join(given)}")
             result = api.resume(resume)
@@ -494,7 +499,7 @@ def train_command(
             result = api.train(train, valid, out, arch=arch, recipe=recipe, overrides=overrides, labels=labels,
                                train_folds=_parse_folds(train_folds), valid_folds=_parse_folds(valid_folds),
                                audio_dir=audio_dir, strong=strong, valid_strong=valid_strong,
-                               strong_label_map=strong_label_map)
+                               strong_label_map=strong_label_map, teacher_targets=teacher_targets)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":
             console.log(f"interrupted; progress saved. Continue with: tagger train --resume {resume or out}")
@@ -505,6 +510,62 @@ def train_command(
            "steps": result.steps, f"best_{result.metric}": result.best, "minutes": round(result.seconds / 60, 2)}
     row.update({k: v for k, v in result.last_metrics.items() if k not in ("epoch", "step", "lr")})
     console.render([row], fmt, title="training")
+
+
+@app.command("teach")
+@user_errors
+def teach_command(
+    teacher: Annotated[str, typer.Argument(help="Teacher: a tagger checkpoint or ensemble (.pt), or a pulled "
+                                           "release's name.")],
+    data: Annotated[Path, typer.Argument(help="Clips to teach: a manifest (any format), a folder, a pack or an "
+                                         "AudioSet HDF5 file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the targets (created; reruns resume).")],
+    crops: Annotated[int, typer.Option(help="Random draws (crop and gain) per clip.")] = 10,
+    top_k: Annotated[int, typer.Option(help="Largest logits kept per draw (CED: 20).")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the draws: draw d of clip i comes from (seed, i, d).")] = 0,
+    clip_seconds: Annotated[float, typer.Option(help="Crop length; train the student with the same "
+                                                "data.clip_seconds.")] = 10.0,
+    gain_db: Annotated[int, typer.Option(help="Random gain of an integer dB in [-G, G-1], as augment.gain_db "
+                                         "(0: none).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Crops per teacher forward pass.")] = 32,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
+    shard_size: Annotated[int, typer.Option(help="Clips per shard (work lost on a kill is at most one shard).")
+                          ] = 1000,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0: in this process).")] = 2,
+    manifest_format: ManifestFormatOption = "auto",
+    audio_dir: AudioDirOption = None,
+    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
+    split: SplitOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Consistent teacher targets (CED): the teacher's top-K logits for N random crops of every clip, stored with
+    each crop's offset and gain, for `tagger train --teacher-targets` to replay exactly."""
+    _check_format(fmt)
+    from tagger import api, console
+
+    options = {"manifest_format": manifest_format, "audio_dir": audio_dir, "folds": _parse_folds(folds),
+               "split": split}
+    try:
+        with console.counting("teaching", "clips") as progress:
+            result = api.teach(teacher, data, out, crops=crops, top_k=top_k, seed=seed, clip_seconds=clip_seconds,
+                               gain_db=gain_db, batch_size=batch_size, device=device, precision=precision,
+                               shard_size=shard_size, workers=workers, on_progress=progress, **options)
+    except KeyboardInterrupt:
+        console.log(f"interrupted: finished shards are kept in {out}; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    row = {"targets": str(result.out), "clips_taught": result.clips, "draws_per_clip": crops, "top_k": top_k,
+           "shards_written": len(result.written), "shards_already_done": result.already,
+           "shards_total": result.shards, "unreadable": result.unreadable,
+           "complete": "yes" if result.complete else "no", "clips_total": result.total_clips,
+           "minutes": round(result.seconds / 60, 2)}
+    console.render([row], fmt, title="teach")
+    if result.unreadable:
+        console.log(f"{result.unreadable} clips could not be read; their reasons are in the shards (errors_id, "
+                    "errors_reason) and they have no targets")
+    if result.complete:
+        console.log(f"train on them with: tagger train --teacher-targets {out} --set data.clip_seconds="
+                    f"{clip_seconds:g} --set loss.kd_lambda=0 ...")
 
 
 @app.command("recipes")

@@ -25,6 +25,7 @@ from tagger.errors import TaggerError
 from tagger.evaluation.evaluate import EvaluationResult, label_mapper, load_predictions
 from tagger.inference.predict import FileError
 from tagger.labels import LabelSet, Ontology
+from tagger.training.teacher_targets import teacher_fingerprint
 
 CACHE_NAME = "teacher_scores.npz"
 _SHOWN = 5
@@ -50,9 +51,9 @@ class TeacherScores:
 
 
 def _fingerprint(checkpoint: Path, clip_seconds: float | None) -> str:
-    """Changes when the checkpoint file or the way clips are read changes, so stale scores are never reused."""
-    stat = checkpoint.stat()
-    return f"{checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{clip_seconds}"
+    """Changes when the checkpoint file or the way clips are read changes, so stale scores are never reused; the
+    teacher's part is the one `tagger teach` records with its targets."""
+    return f"{teacher_fingerprint(checkpoint)}|{clip_seconds}"
 
 
 def _read_cache(cache: Path, fingerprint: str, labels: LabelSet, on_note: Callable[[str], None]):

@@ -60,7 +60,8 @@ class AugmentConfig:
 class LossConfig:
     kind: str = "auto"  # auto (bce for multi-label, ce for single-label) | bce | ce
     teacher: str = ""  # .npz with `ids` and `logits` of a teacher: knowledge distillation when set
-    kd_lambda: float = 0.1  # loss = kd_lambda * label loss + (1 - kd_lambda) * distillation loss
+    teacher_targets: str = ""  # a `tagger teach` folder: distil from its stored draws, replaying their crops
+    kd_lambda: float = 0.1  # loss = kd_lambda * label loss + (1 - kd_lambda) * distillation loss; 0 = KD alone (CED)
     kd_temperature: float = 1.0
 
 
@@ -330,6 +331,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise TaggerError(f"augment.wave_mixup={config.augment.wave_mixup} is a probability in [0, 1]")
     if not 0 <= config.loss.kd_lambda <= 1:
         raise TaggerError(f"loss.kd_lambda={config.loss.kd_lambda} must be in [0, 1]")
+    if config.loss.teacher and config.loss.teacher_targets:
+        raise TaggerError("loss.teacher (one teacher row per clip) and loss.teacher_targets (per stored draw) are two "
+                          "ways to distil; set one of them")
     if len(config.optim.betas) != 2 or not all(0 <= b < 1 for b in config.optim.betas):
         raise TaggerError(f"optim.betas={config.optim.betas} must be two numbers in [0, 1)")
     if not 0 <= config.strong.batch_share < 1:

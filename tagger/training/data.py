@@ -1,8 +1,8 @@
 """What the training loop reads: clips (audio or cached features) with per-item augmentation and soft targets.
 
-Every random choice of an item (crop, gain, roll, mixup partner and lambda) comes from a generator seeded by
-(seed, epoch, rank, position in the epoch), so a resumed run draws exactly what the uninterrupted one drew, in
-any number of DataLoader workers.
+Every random choice of an item (crop, gain, roll, mixup partner and lambda; with teacher targets, which stored
+draw it replays) comes from a generator seeded by (seed, epoch, rank, position in the epoch), so a resumed run
+draws exactly what the uninterrupted one drew, in any number of DataLoader workers.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tagger.errors import TaggerError
 from tagger.labels import LabelSet
 from tagger.training.config import AugmentConfig, DataConfig
 from tagger.training.frames import FrameTargets
+from tagger.training.teacher_targets import TeacherTargets, draw_input, sigmoid, start_at
 
 
 @dataclass
@@ -166,11 +167,11 @@ def _teacher_probabilities(arrays: dict[str, np.ndarray], count: int, temperatur
         rows = index
     if not np.isfinite(values).all():
         raise TaggerError("teacher logits contain NaN or infinity")
-    sigmoid = (1.0 / (1.0 + np.exp(-values / temperature))).astype(np.float32)
+    soft = sigmoid(values, temperature)
     if rows is None:
-        return sigmoid
+        return soft
     probs = np.zeros((count, columns), dtype=np.float32)
-    np.put_along_axis(probs, rows, sigmoid, axis=1)
+    np.put_along_axis(probs, rows, soft, axis=1)
     return probs
 
 
@@ -185,6 +186,11 @@ def _in_run_order(probs: np.ndarray, arrays: dict[str, np.ndarray], labels: Labe
         return probs
     teacher = LabelSet([str(i) for i in arrays["label_ids"]],
                        [str(n) for n in arrays.get("label_names", arrays["label_ids"])])
+    return probs[:, run_columns(teacher, labels, path)]
+
+
+def run_columns(teacher: LabelSet, labels: LabelSet, path: Path) -> np.ndarray:
+    """The teacher's column of each of the run's classes, matched by id, else by display name."""
     columns, absent = [], []
     for label_id, name in zip(labels.ids, labels.names, strict=True):
         found = label_id if label_id in teacher.ids else name if name in teacher else None
@@ -195,7 +201,33 @@ def _in_run_order(probs: np.ndarray, arrays: dict[str, np.ndarray], labels: Labe
     if absent:
         raise TaggerError(f"{path}: the teacher has no class for {len(absent)} of this run's labels "
                           f"({', '.join(absent[:5])}); distil from a teacher trained on these classes")
-    return probs[:, columns]
+    return np.array(columns, dtype=np.int64)
+
+
+class Replay:
+    """Teacher targets of the training clips (`tagger teach`), matched by clip id: an item picks one of its clip's
+    stored draws, gets that draw's crop and gain and its top-K soft targets (0 outside the top K)."""
+
+    def __init__(self, store: TeacherTargets, ids: Sequence[str], labels: LabelSet, temperature: float,
+                 sample_rate: int):
+        self.store, self.temperature, self.sample_rate = store, temperature, sample_rate
+        self.rows = store.rows_for(list(ids))  # (training clips,) stored row, -1 where the clip has none
+        self.columns = run_columns(store.labels, labels, store.folder)
+
+    @property
+    def missing(self) -> int:
+        return int((self.rows < 0).sum())
+
+    def pick(self, index: int, rng: np.random.Generator) -> tuple[int, int, int, np.ndarray] | None:
+        """(draw, crop start at the run's rate, gain in dB, soft targets in the run's classes), or None."""
+        row = int(self.rows[index])
+        if row < 0:
+            return None
+        draw = int(rng.integers(self.store.crops))
+        start, gain_db, classes, logits = self.store.draw(row, draw)
+        probs = np.zeros(len(self.store.labels), dtype=np.float32)
+        probs[classes] = sigmoid(logits, self.temperature)
+        return draw, start_at(start, self.store.sample_rate, self.sample_rate), gain_db, probs[self.columns]
 
 
 def save_teacher(path: str | Path, ids: Sequence[str], logits: np.ndarray, labels: LabelSet | None = None,
@@ -270,7 +302,7 @@ class TrainWaves(Dataset):
 
     def __init__(self, source: Source, targets: Targets, sample_rate: int, clip_seconds: float,
                  augment: AugmentConfig, seed: int, rank: int = 0, teacher: Teacher | None = None,
-                 frames: FrameTargets | None = None):
+                 frames: FrameTargets | None = None, replay: Replay | None = None):
         if source.clips is None:
             raise TaggerError("TrainWaves needs audio clips, not a feature store")
         self.clips = source.clips
@@ -278,6 +310,7 @@ class TrainWaves(Dataset):
         self.sample_rate = sample_rate
         self.num_samples = int(round(clip_seconds * sample_rate))
         self.augment, self.seed, self.rank, self.teacher, self.frames = augment, seed, rank, teacher, frames
+        self.replay = replay
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -298,6 +331,8 @@ class TrainWaves(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, position, index = key
         rng = _item_rng(self.seed, epoch, self.rank, position)
+        if self.replay is not None:
+            return self._replayed(index, rng)
         (wave, frames), target = self._clip(index, rng), self.targets[index]
         item: dict = {"index": index}
         if self.teacher is not None:
@@ -317,6 +352,26 @@ class TrainWaves(Dataset):
         item["target"] = torch.from_numpy(np.asarray(target, dtype=np.float32))
         if self.teacher is not None:
             item["teacher"] = torch.from_numpy(np.asarray(item["teacher"], dtype=np.float32))
+        if self.frames is not None:
+            item.update(_frame_fields(self.frames, frames))
+        return item
+
+
+    def _replayed(self, index: int, rng: np.random.Generator) -> dict:
+        """The item as the teacher saw it: one of the clip's stored draws (chosen by `rng`), cut by the same
+        `draw_input` as `tagger teach` cut it, with that draw's soft targets. A clip without stored draws gets a
+        random crop (no gain, roll or mixup: the run's augment settings have them off) and no teacher."""
+        picked = self.replay.pick(index, rng)
+        if picked is None:
+            (wave, frames), draw = self._clip(index, rng), -1
+            probs = np.zeros(self.targets.num_classes, np.float32)
+        else:
+            draw, start, gain_db, probs = picked
+            wave = draw_input(self.clips.load(index, self.sample_rate), self.num_samples, start, gain_db)
+            frames = self.frames(index, start, 0) if self.frames is not None and self.frames.has(index) else None
+        item = {"index": index, "draw": draw, "wave": torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+                "target": torch.from_numpy(np.asarray(self.targets[index], dtype=np.float32)),
+                "teacher": torch.from_numpy(probs), "has_teacher": picked is not None}
         if self.frames is not None:
             item.update(_frame_fields(self.frames, frames))
         return item

@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from tagger.training.config import TrainConfig, config_from_dict, read_recipe, t
 from tagger.training.data import (
     EvalWaves,
     PositionedSampler,
+    Replay,
     Targets,
     Teacher,
     TrainFeatures,
@@ -209,6 +210,7 @@ class Trainer:
         self.grids = self._frame_grids()
         self._check_batch()
         self.state = TrainState()
+        self.replay: Replay | None = None  # stored teacher draws (loss.teacher_targets), read once
         self._build_data()
         if not resume:  # a resumed run keeps the split it started with, so its steps stay the same
             self._fit_memory()
@@ -326,6 +328,9 @@ class Trainer:
         if cfg.loss.teacher:
             teacher = Teacher.load(cfg.loss.teacher, self.labels, cfg.loss.kd_temperature)
         self.teacher = teacher
+        if cfg.loss.teacher_targets and self.replay is None:  # once: a memory split builds the data again
+            self.replay = self._replay()
+        replay = self.replay
         if any(self.strong_specs.values()) and (self.train_source.cached or self.valid_source.cached):
             raise TaggerError("strong labels follow each random crop, so a run with --strong or --valid-strong "
                               "trains and validates from audio, not from a feature store")
@@ -343,8 +348,10 @@ class Trainer:
             view = cached_features(self.train_source, self.model, self.labels, cfg.data.clip_seconds)
             self.train_set = TrainFeatures(view, self.train_targets, self.train_source.ids, teacher)
         else:
+            # Replayed draws are the teacher's inputs: waveform augmentation the teacher did not see stays off.
+            augment = replace(cfg.augment, wave_mixup=0.0, gain_db=0, roll=0) if replay else cfg.augment
             self.train_set = TrainWaves(self.train_source, self.train_targets, rate, cfg.data.clip_seconds,
-                                        cfg.augment, cfg.run.seed, ctx.rank, teacher, self.train_frames)
+                                        augment, cfg.run.seed, ctx.rank, teacher, self.train_frames, replay)
         if self.valid_source.cached:
             view = cached_features(self.valid_source, self.model, self.labels, eval_seconds)
             self.valid_set = TrainFeatures(view, self.valid_targets, self.valid_source.ids)
@@ -356,6 +363,45 @@ class Trainer:
                               f"{self.rank_batch}; lower data.batch_size or raise data.epoch_length")
         self.batches_per_epoch = whole * cfg.data.micro_batches  # forward passes (micro-batches) per epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.group)
+
+    def _replay(self) -> Replay:
+        """The stored teacher draws of the training clips, checked against the run: same crop length, every clip
+        covered when the loss is KD alone, the teacher's classes matching the run's."""
+        from tagger.training.teacher_targets import TeacherTargets
+
+        cfg = self.config
+        folder = cfg.loss.teacher_targets
+        if self.train_source.cached:
+            raise TaggerError(f"teacher targets replay crops of the audio, but {self.train_source.path} holds cached "
+                              "features; train from the manifest or pack the targets were made from")
+        store = TeacherTargets.open(folder)
+        if abs(store.clip_seconds - cfg.data.clip_seconds) > 1e-9:
+            raise TaggerError(f"{folder} holds {store.clip_seconds:g} s crops but data.clip_seconds is "
+                              f"{cfg.data.clip_seconds:g}; set data.clip_seconds={store.clip_seconds:g} so that the "
+                              "student sees the teacher's crops")
+        replay = Replay(store, self.train_source.ids.tolist(), self.labels, cfg.loss.kd_temperature,
+                        self.model.sample_rate)
+        missing, total = replay.missing, len(self.train_source)
+        if missing:
+            example = self.train_source.ids[int(np.flatnonzero(replay.rows < 0)[0])]
+            if cfg.loss.kd_lambda == 0:
+                raise TaggerError(f"{missing} of {total} training clips (e.g. {example}) have no stored teacher "
+                                  f"targets in {folder}, and loss.kd_lambda=0 trains on them alone; teach this "
+                                  "training set, or set loss.kd_lambda above 0 to train those clips on their labels")
+            self.init_notes.append(f"{missing} of {total} training clips (e.g. {example}) have no stored teacher "
+                                   "targets: they train on their labels only (loss.kd_lambda > 0)")
+        if store.sample_rate != self.model.sample_rate:
+            self.init_notes.append(f"the teacher's draws were cut at {store.sample_rate} Hz and this model reads "
+                                   f"{self.model.sample_rate} Hz: crops start at the nearest sample, so the inputs "
+                                   "match in time, not bit for bit")
+        ignored = [f"augment.{k}" for k in ("wave_mixup", "gain_db", "roll") if getattr(cfg.augment, k)]
+        if ignored:
+            self.init_notes.append(f"teacher targets replay each stored draw's crop and gain, so these settings are "
+                                   f"not used (the teacher never saw them): {', '.join(ignored)}; spectrogram mixup "
+                                   "and SpecAugment stay")
+        self.init_notes.append(f"teacher targets {folder}: {store.crops} draws per clip, top {store.meta['top_k']} "
+                               f"logits of {len(store.labels)} classes; loss.kd_lambda={cfg.loss.kd_lambda:g}")
+        return replay
 
     def _sampler(self):
         """The run's sampler; with strong.batch_share, batches hold that share of strongly labelled clips."""
