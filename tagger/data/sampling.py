@@ -82,7 +82,46 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0])
 
 
-class WeightedSampler(torch.utils.data.Sampler[int]):
+class _ResumableSampler(torch.utils.data.Sampler[int]):
+    """What every sampler here shares: `num_samples` split between `world_size` ranks, an epoch, and the position
+    this rank has handed out, so a resumed run skips exactly what was trained. Subclasses give `local_indices`."""
+
+    epoch: int
+    _position: int
+    num_samples: int
+    world_size: int
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch's draw; the same epoch again keeps a restored position (resume calls this too)."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self._position = 0
+
+    def local_indices(self):
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        local = list(self.local_indices())
+        for position in range(self._position, len(local)):
+            self._position = position + 1
+            yield local[position]
+        self._position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise TaggerError(f"sampler position {position} is outside this epoch's {len(self)} indices")
+        self.epoch = int(state["epoch"])
+        self._position = position
+
+
+class WeightedSampler(_ResumableSampler):
     """Weighted random sampling that splits one global draw between DDP ranks and can resume mid-epoch.
 
     Every rank draws the same global list from a generator seeded by (seed, epoch), pads it to a multiple of
@@ -135,15 +174,6 @@ class WeightedSampler(torch.utils.data.Sampler[int]):
             )
         return tensor
 
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch's draw; the same epoch again keeps a restored position (resume calls this too)."""
-        if epoch != self.epoch:
-            self.epoch = int(epoch)
-            self._position = 0
-
     def global_indices(self) -> torch.Tensor:
         """This epoch's draw for all ranks together, padded to a multiple of world_size."""
         generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
@@ -151,25 +181,12 @@ class WeightedSampler(torch.utils.data.Sampler[int]):
         total = len(self) * self.world_size
         return drawn.repeat(math.ceil(total / self.num_samples))[:total]
 
-    def __iter__(self) -> Iterator[int]:
-        local = self.global_indices()[self.rank :: self.world_size].tolist()
-        for position in range(self._position, len(local)):
-            self._position = position + 1
-            yield local[position]
-        self._position = 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self._position}
-
-    def load_state_dict(self, state: dict) -> None:
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise TaggerError(f"sampler position {position} is outside this epoch's {len(self)} indices")
-        self.epoch = int(state["epoch"])
-        self._position = position
+    def local_indices(self) -> list[int]:
+        """Every world_size-th index of the global draw, from this rank on."""
+        return self.global_indices()[self.rank :: self.world_size].tolist()
 
 
-class BatchShareSampler(torch.utils.data.Sampler[int]):
+class BatchShareSampler(_ResumableSampler):
     """Batches that take a fixed share of their clips from one pool and the rest from another, as the DCASE
     baselines compose theirs from strongly and weakly labelled sets.
 
@@ -196,15 +213,7 @@ class BatchShareSampler(torch.utils.data.Sampler[int]):
         self.epoch = 0
         self._position = 0
 
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch = int(epoch)
-            self._position = 0
-
-    def local_indices(self) -> np.ndarray:
+    def local_indices(self) -> list[int]:
         """This rank's indices for the epoch, in order."""
         orders = [np.random.default_rng([_epoch_seed(self.seed, self.epoch), pool]).permutation(len(p))
                   for pool, p in enumerate(self.pools)]
@@ -217,21 +226,4 @@ class BatchShareSampler(torch.utils.data.Sampler[int]):
             rank_in_batch = slot[in_pool] - (0 if pool == 0 else counts[0])
             draw = (global_batch[in_pool] * counts[pool] + rank_in_batch) % len(self.pools[pool])
             out[in_pool] = self.pools[pool][orders[pool][draw]]
-        return out
-
-    def __iter__(self) -> Iterator[int]:
-        local = self.local_indices().tolist()
-        for position in range(self._position, len(local)):
-            self._position = position + 1
-            yield local[position]
-        self._position = 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self._position}
-
-    def load_state_dict(self, state: dict) -> None:
-        position = int(state["position"])
-        if not 0 <= position <= len(self):
-            raise TaggerError(f"sampler position {position} is outside this epoch's {len(self)} indices")
-        self.epoch = int(state["epoch"])
-        self._position = position
+        return out.tolist()
