@@ -135,3 +135,25 @@ def fake_esc50(root: Path, folds=(1, 2, 4)) -> Path:
         rows.append(f"{fold}-1-A-10.wav,{fold},10,rain,True,1,A")
     (root / "esc50.csv").write_text("\n".join(rows) + "\n")
     return root / "esc50.csv"
+
+
+def fake_scenes(root: Path, rate: int = 32000) -> Path:
+    """`tagger synthesize --scenes-from` over `fake_esc50`: 8 training and 2 test scenes of 4 s with strong labels
+    (dog, rooster on rain) under root/scenes; returns root."""
+    from typer.testing import CliRunner
+
+    from tagger.cli import app
+
+    esc50 = str(fake_esc50(root / "esc"))
+    result = CliRunner().invoke(app, ["synthesize", str(root / "scenes"), "--scenes-from", esc50, "--clips", "8",
+                                      "--seconds", "4", "--sample-rate", str(rate)])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def tiny_htsat(num_classes: int = 2):
+    """A frame-level model small enough for a test: HTS-AT with 16-wide embeddings."""
+    from tagger.models import create_model
+
+    return create_model("htsat-tiny", num_classes=num_classes, embed_dim=16, depths=[2, 2, 2, 2],
+                        num_heads=[2, 2, 4, 4])

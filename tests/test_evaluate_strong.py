@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
-from conftest import fake_esc50, spread_model
+from conftest import fake_scenes, spread_model, tiny_htsat
 from typer.testing import CliRunner
 
 from tagger.checkpoint import save_checkpoint
 from tagger.cli import app
 from tagger.labels import LabelSet
-from tagger.models import create_model
 
 sse = pytest.importorskip("sed_scores_eval")
 RATE = 32000
@@ -23,13 +22,9 @@ CLASSES = LabelSet.from_list(["dog", "rooster"], ["dog", "rooster"])
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """A fake ESC-50 (dog, rooster, rain clips in folds 1-4), its scenes, and two tiny checkpoints."""
-    root = tmp_path_factory.mktemp("strong")
-    esc50 = str(fake_esc50(root / "esc"))
-    result = CliRunner().invoke(app, ["synthesize", str(root / "scenes"), "--scenes-from", esc50, "--clips", "8",
-                                      "--seconds", "4", "--sample-rate", str(RATE)])
-    assert result.exit_code == 0, result.output
+    root = fake_scenes(tmp_path_factory.mktemp("strong"), RATE)
     torch.manual_seed(0)
-    htsat = create_model("htsat-tiny", num_classes=2, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+    htsat = tiny_htsat()
     save_checkpoint(root / "htsat.pt", htsat.eval(), CLASSES)
     save_checkpoint(root / "mn01.pt", spread_model("efficientat-mn01", 2, seed=0).eval(), CLASSES)
     return root

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import fake_esc50
+from conftest import fake_scenes, tiny_htsat
 from typer.testing import CliRunner
 
 import tagger
@@ -20,7 +20,6 @@ from tagger.cli import app
 from tagger.errors import TaggerError
 from tagger.inference.events import EventRule, choose_rule, write_rule
 from tagger.labels import LabelSet
-from tagger.models import create_model
 from tagger.torchfile import read_torch_file
 
 RATE = 32000
@@ -33,13 +32,9 @@ NO_DOG = EventRule(on=(0.9, 0.5))
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """A fake ESC-50's scenes with strong labels, and a tiny frame-level (HTS-AT) checkpoint over dog, rooster."""
-    root = tmp_path_factory.mktemp("rule-store")
-    esc50 = str(fake_esc50(root / "esc"))
-    result = CliRunner().invoke(app, ["synthesize", str(root / "scenes"), "--scenes-from", esc50, "--clips", "8",
-                                      "--seconds", "4", "--sample-rate", str(RATE)])
-    assert result.exit_code == 0, result.output
+    root = fake_scenes(tmp_path_factory.mktemp("rule-store"), RATE)
     torch.manual_seed(0)
-    htsat = create_model("htsat-tiny", num_classes=2, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
+    htsat = tiny_htsat()
     save_checkpoint(root / "htsat.pt", htsat.eval(), CLASSES, train={"epoch": 3, "metric": "mAP"})
     return root
 

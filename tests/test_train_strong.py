@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import burst_clip, fake_esc50
+from conftest import burst_clip, fake_scenes
 from typer.testing import CliRunner
 
 from tagger.cli import app
@@ -169,12 +169,7 @@ def train(root, out, *extra):
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    result = CliRunner().invoke(app, ["synthesize", str(root / "scenes"), "--scenes-from",
-                                      str(fake_esc50(root / "esc")), "--clips", "8", "--seconds", "4",
-                                      "--sample-rate", "32000"])
-    assert result.exit_code == 0, result.output
-    return root
+    return fake_scenes(tmp_path_factory.mktemp("scenes"))
 
 
 def test_strong_runs_of_htsat_with_and_without_weak_clips(scenes, tmp_path):

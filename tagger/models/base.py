@@ -76,6 +76,19 @@ def time_stride(network: nn.Module) -> int:
     return stride
 
 
+def init_transformer_weights(model: nn.Module) -> None:
+    """The timm ViT initialisation the transformer families' official code uses: truncated normal (std 0.02)
+    Linear weights with zero biases, unit LayerNorms."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 class TaggerModel(nn.Module):
     """Base class: `frontend` turns the waveform into features, `forward_features` does the rest.
 

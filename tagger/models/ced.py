@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from tagger.errors import TaggerError
 from tagger.frontends import CedMel
 from tagger.models import ImportedWeights, register_importer, register_model
-from tagger.models.base import TaggerModel, TaggerOutput, mean_probability_logits
+from tagger.models.base import TaggerModel, TaggerOutput, init_transformer_weights, mean_probability_logits
 from tagger.models.official import find_state_dict
 
 __all__ = ["CED", "SIZES", "TARGET_LENGTH", "import_ced"]
@@ -98,18 +98,7 @@ class CED(TaggerModel):
         self.blocks = nn.Sequential(*[_block(embed_dim, num_heads, rate) for rate in rates])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.outputlayer = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))  # eps 1e-5
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """The official init: truncated normal (std 0.02) Linear weights with zero biases, unit LayerNorms;
-        the patch convolution keeps PyTorch's default."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_transformer_weights(self)  # the official init; the patch convolution keeps PyTorch's default
 
     @property
     def num_classes(self) -> int:

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from tagger.errors import TaggerError
 from tagger.frontends import PasstMel
 from tagger.models import ImportedWeights, register_importer, register_model
-from tagger.models.base import TaggerModel, TaggerOutput
+from tagger.models.base import TaggerModel, TaggerOutput, init_transformer_weights
 from tagger.models.official import find_state_dict
 
 PATCH = 16
@@ -143,13 +143,7 @@ class PaSST(TaggerModel):
         """The official init: truncated normal (std 0.02) for tokens, embeddings and Linear weights."""
         for param in (self.cls_token, self.dist_token, *(getattr(self, k) for k in _PE_KEYS)):
             nn.init.trunc_normal_(param, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_transformer_weights(self)
 
     @property
     def num_classes(self) -> int:
