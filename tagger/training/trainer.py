@@ -703,8 +703,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def predict_valid(self) -> tuple[np.ndarray, np.ndarray, float] | None:
-        """(logits, targets, mean loss) over the validation set, gathered from every rank onto rank 0."""
+    def predict_valid(self) -> tuple[np.ndarray, np.ndarray, float, float | None] | None:
+        """(logits, targets, mean loss, mean frame loss or None without strong labels) over the validation set,
+        gathered from every rank onto rank 0."""
         self.model.eval()
         if self.ctx.distributed:  # DDP copies rank 0's BatchNorm statistics only at the next forward: every rank
             for buffer in self.model.buffers():  # must score with the ones last.pt saves
@@ -739,21 +740,21 @@ class Trainer:
         order = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])[np.argsort(order, kind="stable")]
         frame_count = sum(p[4] for p in parts)
-        self.valid_frame_loss = sum(p[3] for p in parts) / frame_count if frame_count else float("nan")
-        return scores, self.valid_targets, sum(p[2] for p in parts) / len(self.valid_set)
+        frames = sum(p[3] for p in parts) / frame_count if frame_count else None  # None: no strong labels
+        return scores, self.valid_targets, sum(p[2] for p in parts) / len(self.valid_set), frames
 
     def _evaluate(self, fraction: float) -> None:
         state = self.state
         result = self.predict_valid()
         decision = None
         if self.main:
-            logits, targets, valid_loss = result
+            logits, targets, valid_loss, valid_frame_loss = result
             scores = probabilities(torch.from_numpy(logits), self.task).numpy()  # no overflow warning (numpy exp)
             truth = targets.argmax(axis=1) if self.task == "multiclass" else targets
             metrics = summarize(truth, scores, self.task)
             row = {"epoch": round(state.epoch + fraction, 4), "step": state.step,
                    "train_loss": state.loss_sum / max(state.loss_count, 1), "valid_loss": valid_loss,
-                   "valid_frame_loss": getattr(self, "valid_frame_loss", ""),
+                   "valid_frame_loss": "" if valid_frame_loss is None else valid_frame_loss,
                    **{k: metrics.get(k, "") for k in self.columns if k in metrics},
                    "lr": self._lr(), "clips_per_s": getattr(self, "clips_per_s", 0.0),
                    "elapsed_s": round(self._elapsed(), 2)}
