@@ -1,17 +1,21 @@
-"""Real-data ensembles on ESC-50 (folds 1-3 train, fold 4 validation) from ../shared/data.
+"""Real-data ensembles on ESC-50 from ../shared/data, under the honest protocol of bench_esc50.py: train on folds
+1-2, build and choose on fold 3, score fold 4 once per ensemble. Fold 4 decides nothing.
 
-Stage `train`: three fine-tuning runs of the real EfficientAT mn04_as checkpoint (seeds 0, 1, 2), the settings of
-bench_esc50.py's `finetune` run shortened to 10 epochs, each keeping its epoch checkpoints
-(run.save_every_epoch=true). Stage `ensembles`: what `tagger ensemble` makes of them, each scored on fold 4, and
-the inference cost of each option (evaluate over fold 4, seconds per clip, ratio to one model, same run):
+Stage `train`: two fine-tuning runs of the real EfficientAT mn04_as checkpoint (seeds 0 and 1), with exactly the
+settings of bench_esc50.py's `finetune` run (seed 0 is that run), each keeping its epoch checkpoints
+(run.save_every_epoch=true). Stage `ensembles`: what `tagger ensemble` makes of them (weights and greedy choices
+made on fold 3), each scored once on fold 4, and the inference cost of each option (evaluate over fold 4, seconds
+per clip, ratio to one model, same run):
 
-  single      the last epoch of seed 0, and its best epoch
-  wa          weight average of seed 0's epochs >= 6, without and with BatchNorm re-estimation on folds 1-3
-  wa-late     weight average of seed 0's epochs >= 8 (a window nearer the end of the learning-rate ramp)
-  cum         prediction ensemble of seed 0's epochs >= 6 (AST/PSLA's single-run checkpoint ensemble)
-  seeds       prediction ensemble of the three seeds' last epochs
-  seeds-wa    prediction ensemble of the three seeds' weight averages
-  greedy      greedy forward selection over every seed's epochs >= 6 (selected on fold 4 itself: optimistic)
+  single      the last epoch of seed 0, and the epoch fold 3 chose (best.pt)
+  wa          weight average of seed 0's epochs >= 10, without and with BatchNorm re-estimation on folds 1-2
+  wa-late     weight average of seed 0's epochs >= 13 (a window nearer the end of the learning-rate ramp)
+  cum         prediction ensemble of seed 0's epochs >= 10 (AST/PSLA's single-run checkpoint ensemble)
+  seeds       prediction ensemble of the two seeds' last epochs
+  seeds-wa    prediction ensemble of the two seeds' weight averages
+  greedy      greedy forward selection over every seed's epochs >= 10, selected on fold 3
+
+The prediction ensembles are the teachers of bench_distill.py.
 
     python benchmarks/bench_ensemble.py --out /tmp/ens-bench [--stages train ensembles] [--threads 2]
 """
@@ -23,13 +27,13 @@ import json
 import time
 from pathlib import Path
 
-from bench_esc50 import ESC50, MN04, RUNS, SHARED, start
+from bench_esc50 import ESC50, MN04, RUNS, SHARED, TEST_FOLDS, TRAIN_FOLDS, VALID_FOLDS, start, test_once
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = (0, 1, 2)
-EPOCHS = ["run.epochs=10", "schedule.ramp_down_len=8", "run.save_every_epoch=true"]  # after RUNS' own overrides
-WA_FROM = 6
-LATE_FROM = 8
+SEEDS = (0, 1)
+EPOCHS = ["run.save_every_epoch=true"]  # after RUNS' own overrides
+WA_FROM = 10
+LATE_FROM = 13
 
 
 def train(out: Path) -> list[dict]:
@@ -53,7 +57,8 @@ def train(out: Path) -> list[dict]:
         else:
             config = build_config(recipe, [*overrides, *EPOCHS, f"run.seed={seed}",
                                            f"model.init=checkpoint:{imported}"], arch)
-            result = trainer.train(config, trainer.data_spec(ESC50, [1, 2, 3]), trainer.data_spec(ESC50, [4]),
+            result = trainer.train(config, trainer.data_spec(ESC50, TRAIN_FOLDS),
+                                   trainer.data_spec(ESC50, VALID_FOLDS),
                                    run_dir, show_progress=False)
         rows.append({"seed": seed, "best": result.best, "wall_s": round(time.perf_counter() - started, 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -66,12 +71,14 @@ def ensembles(out: Path) -> dict:
     def build(name: str, paths: list[Path], **settings) -> dict:
         target = out / "ensembles" / f"{name}.pt"
         started = time.perf_counter()
-        report = run_ensemble(paths, EnsembleSettings(out=target, valid=ESC50, valid_folds=[4], force=True,
-                                                      **settings))
-        return {"name": name, "file": str(target), "build_s": round(time.perf_counter() - started, 1),
-                **{k: v for k, v in report.to_dict().items() if k != "members"},
-                "members": [{"source": m.source, "selected": m.selected, "weight": round(m.weight, 4),
-                             "value": m.value} for m in report.members]}
+        report = run_ensemble(paths, EnsembleSettings(out=target, valid=ESC50, valid_folds=VALID_FOLDS,
+                                                      force=True, **settings))
+        row = {"name": name, "file": str(target), "build_s": round(time.perf_counter() - started, 1),
+               **{k: v for k, v in report.to_dict().items() if k != "members"}, **test_once(target),
+               "members": [{"source": m.source, "selected": m.selected, "weight": round(m.weight, 4),
+                           "value": m.value} for m in report.members]}
+        print(json.dumps({k: row[k] for k in ("name", "ensemble", "test_accuracy", "test_mAP")}), flush=True)
+        return row
 
     def epochs(seed: int, first: int = 1) -> list[Path]:
         return sorted(p for p in (out / f"seed{seed}").glob("epoch_*.pt") if int(p.stem[-3:]) >= first)
@@ -81,7 +88,7 @@ def ensembles(out: Path) -> dict:
         build("single-last", [out / "seed0" / "last.pt"], mode="predictions"),
         build("single-best", [out / "seed0" / "best.pt"], mode="predictions"),
         build("wa", epochs(0), mode="weights", select=window),
-        build("wa-bn", epochs(0), mode="weights", select=window, bn_recalibrate=ESC50, bn_folds=[1, 2, 3],
+        build("wa-bn", epochs(0), mode="weights", select=window, bn_recalibrate=ESC50, bn_folds=TRAIN_FOLDS,
               batch_size=32),
         build("wa-late", epochs(0), mode="weights", select=f"epochs>={LATE_FROM}"),
         build("cum", epochs(0), mode="predictions", select=window),
@@ -110,7 +117,7 @@ def inference_cost(out: Path, results: list[dict], repeats: int = 2) -> list[dic
         for _ in range(repeats):
             tagger = Scorer.load(result["file"], device="cpu")
             started = time.perf_counter()
-            scored = evaluate(tagger, ESC50, folds=[4], batch_size=8)
+            scored = evaluate(tagger, ESC50, folds=TEST_FOLDS, batch_size=8)
             seconds.append(time.perf_counter() - started)
         members = sum(m["selected"] for m in result["members"]) if result["mode"] == "predictions" else 1
         rows.append({"name": result["name"], "members": members, "accuracy": scored.metrics["accuracy"],

@@ -442,23 +442,26 @@ def train(train: str | Path | None, valid: str | Path, out: str | Path, arch: st
 
 def teach(teacher: str | Path, data: str | Path, out: str | Path, crops: int = 10, top_k: int = 20, seed: int = 0,
           clip_seconds: float = 10.0, gain_db: int = 0, batch_size: int = 32, device: str = "auto",
-          precision: str = "fp32", shard_size: int = 1000, workers: int = 2,
+          precision: str = "fp32", shard_size: int = 1000, workers: int = 2, shard: str | None = None,
           on_progress: Callable[[int, int], None] | None = None, **options: Any):
     """Consistent teacher targets, as `tagger teach` makes them: `teacher` (a checkpoint, an ensemble file or a
     pulled release's name) scores `crops` random draws (crop of `clip_seconds`, gain of an integer dB in
     [-gain_db, gain_db - 1]) of every clip of `data` (a manifest, folder, pack or AudioSet HDF5 file), and the
     folder `out` keeps each draw's parameters and the teacher's `top_k` largest logits. Resumable: finished shards
-    are kept, a rerun with other settings is refused. Further options open `data`: manifest_format, folds, split,
-    audio_dir. Returns a TeachResult (out, shards, written, already, clips, unreadable, complete, total_clips,
+    are kept, a rerun with other settings is refused. `shard="K/N"`: only part K of N (N jobs, one folder, as
+    `tagger pack --shard`). Further options open `data`: manifest_format, folds, split, audio_dir. Returns a
+    TeachResult (out, shards, written, already, clips, unreadable, complete, total_clips,
     seconds); train on it with `train(..., teacher_targets=out)`."""
     from tagger.data.clips import open_clips
+    from tagger.jobs import parse_part
     from tagger.training.teach import teach as run
 
+    part = parse_part(shard)
     manifest_format = options.pop("manifest_format", "auto")
     clips = open_clips(data, manifest_format, **options)
     return run(teacher, clips, out, crops=crops, k=top_k, seed=seed, clip_seconds=clip_seconds, gain_db=gain_db,
                shard_size=shard_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
-               on_progress=on_progress)
+               part=part, on_progress=on_progress)
 
 
 def resume(run_dir: str | Path, show_progress: bool = True):

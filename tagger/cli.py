@@ -532,6 +532,8 @@ def teach_command(
     precision: PrecisionOption = "fp32",
     shard_size: Annotated[int, typer.Option(help="Clips per shard (work lost on a kill is at most one shard).")
                           ] = 1000,
+    shard: Annotated[str | None, typer.Option(help="K/N: teach only shards i with i % N == K-1 (N machines, one "
+                                              "folder).")] = None,
     workers: Annotated[int, typer.Option(help="Decoding processes (0: in this process).")] = 2,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,
@@ -550,7 +552,8 @@ def teach_command(
         with console.counting("teaching", "clips") as progress:
             result = api.teach(teacher, data, out, crops=crops, top_k=top_k, seed=seed, clip_seconds=clip_seconds,
                                gain_db=gain_db, batch_size=batch_size, device=device, precision=precision,
-                               shard_size=shard_size, workers=workers, on_progress=progress, **options)
+                               shard_size=shard_size, workers=workers, shard=shard, on_progress=progress,
+                               **options)
     except KeyboardInterrupt:
         console.log(f"interrupted: finished shards are kept in {out}; rerun the same command to resume")
         raise typer.Exit(130) from None
@@ -566,6 +569,8 @@ def teach_command(
     if result.complete:
         console.log(f"train on them with: tagger train --teacher-targets {out} --set data.clip_seconds="
                     f"{clip_seconds:g} --set loss.kd_lambda=0 ...")
+    else:
+        console.log(f"{out} is not complete yet: the other --shard jobs (or a rerun) add the missing shards")
 
 
 @app.command("recipes")

@@ -65,6 +65,17 @@ def test_an_import_records_the_file_its_digest_and_its_licences(imported):
     assert datetime.fromisoformat(source["imported"]).tzinfo is not None
 
 
+def test_an_export_carries_the_provenance_and_tagger_models_the_licences(imported, tmp_path):
+    from tagger.catalog import catalog
+    from tagger.export import export_model, read_metadata
+
+    export_model(imported["out"], "safetensors", tmp_path / "m.safetensors", check=False)
+    assert read_metadata(tmp_path / "m.safetensors")["source"] == read_torch_file(imported["out"])["source"]
+    licences = {row["family"]: row["weights_licence"] for row in catalog()}
+    assert licences["ced"] == "Apache-2.0" and licences["efficientat"] == "MIT"
+    assert set(licences) <= {entry.family for entry in LICENCES}
+
+
 def test_what_pull_knows_wins_and_its_verified_digest_is_not_recomputed(imported):
     known = {"release": "x", "url": "https://example.org/f.pt", "sha256": "f" * 64, "licence": "MIT"}
     record = provenance("efficientat", imported["official"], known)

@@ -30,7 +30,7 @@ from tagger.training.teacher_targets import (
     choose_draw,
     draw_input,
     shard_name,
-    sigmoid,
+    soft_targets,
     top_k,
 )
 
@@ -107,13 +107,25 @@ def test_the_student_input_for_a_stored_draw_is_the_teachers_bit_for_bit(setup, 
             teacher_input = taught["inputs"][index * CROPS + draw]
             assert item["wave"].numpy().dtype == teacher_input.dtype == np.float32
             assert np.array_equal(item["wave"].numpy(), teacher_input), (index, draw)
-            # ... and its targets are that draw's stored top-K logits, sigmoided, 0 elsewhere
+            # ... and its targets are that draw's stored top-K logits, 0 elsewhere: one label per clip makes
+            # this run multiclass, so they are a softmax over the K (a cross-entropy target sums to 1)
             expected = np.zeros(3, np.float32)
             index_k, values = top_k(taught["logits"][index * CROPS + draw][None], TOP_K)
-            expected[index_k[0]] = sigmoid(values[0], 1.0)
+            expected[index_k[0]] = soft_targets(values[0], 1.0, exclusive=True)
             assert item["has_teacher"] and np.array_equal(item["teacher"].numpy(), expected)
+            assert item["teacher"].sum() == pytest.approx(1.0, abs=1e-6)
             seen.add((index, draw))
     assert len(seen) > 2 * len(LENGTHS), "the items should replay several draws of each clip"
+
+
+def test_a_multilabel_student_gets_the_sigmoided_logits(setup, taught, tmp_path):
+    run = _trainer(setup, tmp_path / "run", "loss.kd_lambda=0", "task=multilabel", "loss.kd_temperature=2",
+                   targets=taught["out"])
+    item = run.train_set[(0, 0, 0)]
+    expected = np.zeros(3, np.float32)
+    index_k, values = top_k(taught["logits"][item["draw"]][None], TOP_K)
+    expected[index_k[0]] = 1.0 / (1.0 + np.exp(-values[0].astype(np.float32) / 2.0))
+    assert np.allclose(item["teacher"].numpy(), expected, atol=1e-7)
 
 
 def test_a_draw_is_what_trainings_own_crop_and_gain_give():
@@ -186,12 +198,31 @@ def test_an_interrupted_teach_resumes_to_what_an_uninterrupted_run_writes(setup,
         if name == META:
             assert mine[name] == whole[name].replace(str(taught["out"]), str(out))
             continue
-        (attrs, arrays), (attrs_whole, arrays_whole) = mine[name], whole[name]
-        assert attrs.keys() == attrs_whole.keys() and all(np.array_equal(attrs[k], attrs_whole[k]) for k in attrs)
-        assert arrays.keys() == arrays_whole.keys()
-        assert all(np.array_equal(arrays[k], arrays_whole[k]) for k in arrays), name
+        _assert_same_shard(mine[name], whole[name], name)
     again = _teach(setup, out)
     assert again.written == [] and again.already == 3 and again.total_clips == 8
+
+
+def _assert_same_shard(mine: tuple, whole: tuple, name: str) -> None:
+    (attrs, arrays), (attrs_whole, arrays_whole) = mine, whole
+    assert attrs.keys() == attrs_whole.keys() and all(np.array_equal(attrs[k], attrs_whole[k]) for k in attrs)
+    assert arrays.keys() == arrays_whole.keys()
+    assert all(np.array_equal(arrays[k], arrays_whole[k]) for k in arrays), name
+
+
+def test_two_shard_jobs_fill_one_folder_as_one_run_does(setup, taught, tmp_path):
+    out = tmp_path / "targets"
+    first = _teach(setup, out, part=(1, 2))
+    assert first.written == [0, 2] and not first.complete and first.total_clips is None
+    with pytest.raises(TaggerError, match="incomplete"):
+        TeacherTargets.open(out)
+    second = _teach(setup, out, part=(2, 2))
+    assert second.written == [1] and second.already == 0 and second.complete and second.total_clips == 8
+    mine, whole = _contents(out), _contents(taught["out"])
+    assert mine[META] == whole[META].replace(str(taught["out"]), str(out))
+    for name in (n for n in mine if n != META):
+        _assert_same_shard(mine[name], whole[name], name)
+    assert _teach(setup, out, part=(1, 2)).already == 2
 
 
 def test_a_rerun_with_other_settings_or_another_teacher_is_refused(setup, taught, tmp_path):
@@ -279,3 +310,10 @@ def test_teach_and_train_from_the_command_line_train_on_the_kd_loss(setup, tmp_p
         row = next(csv.DictReader(handle))
     assert float(row["train_loss"]) == pytest.approx(np.mean([total for _, total, _, _ in losses]), rel=1e-6)
     assert f"teacher_targets = \"{out.resolve()}\"" in (run / "config.toml").read_text()
+
+
+def test_a_bad_shard_is_one_line(setup, tmp_path):
+    done = CliRunner().invoke(app, ["teach", str(setup["teacher"]), str(setup["train"]), "--out", str(tmp_path / "t"),
+                                    "--shard", "3/2"])
+    assert done.exit_code == 2 and "--shard '3/2': K must be between 1 and N" in done.output
+    assert "Traceback" not in done.output and not (tmp_path / "t").exists()

@@ -29,6 +29,7 @@ def _metadata(meta: dict, model: nn.Module, fmt: str, extra: dict[str, Any]) -> 
         "tagger.sample_rate": model.sample_rate,
         "tagger.labels": meta["labels"].to_list(),
         "tagger.frontend": frontend_to_dict(model.frontend),
+        **({"tagger.source": meta["source"]} if meta.get("source") else {}),  # provenance and licences (tagger info)
         **_ensemble_metadata(meta, model),
         **extra,
     }

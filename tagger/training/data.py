@@ -27,7 +27,7 @@ from tagger.errors import TaggerError
 from tagger.labels import LabelSet
 from tagger.training.config import AugmentConfig, DataConfig
 from tagger.training.frames import FrameTargets
-from tagger.training.teacher_targets import TeacherTargets, draw_input, sigmoid, start_at
+from tagger.training.teacher_targets import TeacherTargets, draw_input, soft_targets, start_at
 
 
 @dataclass
@@ -117,7 +117,8 @@ def encode_targets(labels: LabelSet, source: Source) -> np.ndarray:
 
 @dataclass
 class Teacher:
-    """Stored teacher logits (EfficientAT distillation) as probabilities sigmoid(logits / T), by clip id.
+    """Stored teacher logits (EfficientAT distillation) as soft targets by clip id: sigmoid(logits / T), or
+    softmax(logits / T) for a multiclass run (`exclusive`).
 
     File layout (`save_teacher` writes it): `ids` (N,) and either `logits` (N, C) or, stored sparsely as CED does,
     `topk_indices` and `topk_logits` (N, K), where classes outside a clip's top K count as probability 0. With
@@ -129,7 +130,7 @@ class Teacher:
     row: dict[str, int]
 
     @classmethod
-    def load(cls, path: str | Path, labels: LabelSet | int, temperature: float) -> Teacher:
+    def load(cls, path: str | Path, labels: LabelSet | int, temperature: float, exclusive: bool = False) -> Teacher:
         path = Path(path)
         if not path.is_file():
             raise TaggerError(f"teacher file {path} does not exist; it must be an .npz with `ids` and `logits`")
@@ -137,7 +138,7 @@ class Teacher:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
             ids = [str(i) for i in arrays["ids"]]
-            probs = _teacher_probabilities(arrays, len(ids), temperature)
+            probs = _teacher_probabilities(arrays, len(ids), temperature, exclusive)
         except (KeyError, ValueError, OSError) as error:
             raise TaggerError(f"{path}: not a teacher file (.npz with arrays `ids` and `logits`): {error}") from None
         except TaggerError as error:
@@ -150,7 +151,8 @@ class Teacher:
         return (None, False) if row is None else (self.probs[row], True)
 
 
-def _teacher_probabilities(arrays: dict[str, np.ndarray], count: int, temperature: float) -> np.ndarray:
+def _teacher_probabilities(arrays: dict[str, np.ndarray], count: int, temperature: float,
+                           exclusive: bool) -> np.ndarray:
     if "logits" in arrays:
         logits = np.asarray(arrays["logits"], dtype=np.float32)
         if logits.ndim != 2 or len(logits) != count:
@@ -167,7 +169,7 @@ def _teacher_probabilities(arrays: dict[str, np.ndarray], count: int, temperatur
         rows = index
     if not np.isfinite(values).all():
         raise TaggerError("teacher logits contain NaN or infinity")
-    soft = sigmoid(values, temperature)
+    soft = soft_targets(values, temperature, exclusive)
     if rows is None:
         return soft
     probs = np.zeros((count, columns), dtype=np.float32)
@@ -206,11 +208,13 @@ def run_columns(teacher: LabelSet, labels: LabelSet, path: Path) -> np.ndarray:
 
 class Replay:
     """Teacher targets of the training clips (`tagger teach`), matched by clip id: an item picks one of its clip's
-    stored draws, gets that draw's crop and gain and its top-K soft targets (0 outside the top K)."""
+    stored draws, gets that draw's crop and gain and its top-K soft targets (0 outside the top K; a softmax over
+    the K for a multiclass run, `exclusive`)."""
 
     def __init__(self, store: TeacherTargets, ids: Sequence[str], labels: LabelSet, temperature: float,
-                 sample_rate: int):
+                 sample_rate: int, exclusive: bool = False):
         self.store, self.temperature, self.sample_rate = store, temperature, sample_rate
+        self.exclusive = exclusive
         self.rows = store.rows_for(list(ids))  # (training clips,) stored row, -1 where the clip has none
         self.columns = run_columns(store.labels, labels, store.folder)
 
@@ -226,7 +230,7 @@ class Replay:
         draw = int(rng.integers(self.store.crops))
         start, gain_db, classes, logits = self.store.draw(row, draw)
         probs = np.zeros(len(self.store.labels), dtype=np.float32)
-        probs[classes] = sigmoid(logits, self.temperature)
+        probs[classes] = soft_targets(logits, self.temperature, self.exclusive)
         return draw, start_at(start, self.store.sample_rate, self.sample_rate), gain_db, probs[self.columns]
 
 

@@ -63,16 +63,20 @@ def teacher_targets(teacher_logits: Tensor, has_teacher: Tensor, temperature: fl
     return mix_targets(soft, plan), has
 
 
-def distillation_loss(logits: Tensor, soft: Tensor, has_teacher: Tensor) -> Tensor:
-    """EfficientAT KD: BCE-with-logits(student, soft teacher targets) averaged over rows that have a teacher.
+def distillation_loss(logits: Tensor, soft: Tensor, has_teacher: Tensor, kind: str = "bce") -> Tensor:
+    """KD against soft teacher targets, averaged over rows that have a teacher: BCE-with-logits as EfficientAT and
+    CED distil tags, or for a single-label run (`kind="ce"`) cross-entropy, Hinton's KL up to the teacher's entropy.
 
-    `soft` are probabilities, sigmoid(teacher / T), already mixed like the batch (see `teacher_targets`). Rows
+    `soft` are probabilities (sigmoid, or softmax for "ce", of teacher / T), already mixed like the batch. Rows
     without a teacher contribute nothing; with none at all the result is a zero that still carries a gradient, so
     every rank of a distributed run backpropagates through the same graph.
     """
     has = has_teacher.to(device=logits.device, dtype=torch.bool)
     soft = torch.where(has[:, None], soft.to(device=logits.device, dtype=logits.dtype), 0.0)
-    per_row = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=-1)
+    if kind == "ce":
+        per_row = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+    else:
+        per_row = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(dim=-1)
     # A weighted mean rather than `if has.any()` and per_row[has]: no host sync (a GPU step never waits here).
     weight = has.to(per_row.dtype)
     return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
@@ -90,7 +94,7 @@ def training_loss(logits: Tensor, targets: Tensor, kind: str, teacher: Tensor | 
         return label, {"label_loss": label.detach()}
     if has_teacher is None:
         has_teacher = torch.ones(teacher.shape[0], dtype=torch.bool, device=teacher.device)
-    kd = distillation_loss(logits, teacher, has_teacher)
+    kd = distillation_loss(logits, teacher, has_teacher, kind)
     total = kd_lambda * label + (1.0 - kd_lambda) * kd
     return total, {"label_loss": label.detach(), "kd_loss": kd.detach()}
 

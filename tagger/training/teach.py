@@ -4,7 +4,9 @@ resumably, for `tagger train --teacher-targets` to replay (CED's consistent teac
 Shard i holds the data set's clips [i*S, (i+1)*S); its draws are made, batched and scored in a fixed order from
 the shard's first clip, so a shard written after an interruption holds exactly what an uninterrupted run writes.
 A shard is written to a temporary file and renamed when whole: Ctrl-C or `kill` loses at most the shard in
-flight, and a rerun of the same command does only the shards that are missing.
+flight, and a rerun of the same command does only the shards that are missing. N machines (`--shard K/N`, as
+`tagger pack`) fill one folder without coordinating: job K does the shards i with i % N == K-1, and whichever job
+finds every shard there last writes the totals.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class TeachResult:
     out: Path
     shards: int
     written: list[int] = field(default_factory=list)  # shards written by this run
-    already: int = 0  # shards an earlier run finished
+    already: int = 0  # shards of this run's part that an earlier run finished
     clips: int = 0  # clips whose draws this run stored
     unreadable: int = 0  # clips of this run's shards that could not be read
     complete: bool = False
@@ -182,10 +184,11 @@ def _quiet_worker(_: int) -> None:
 
 def teach(teacher: str | Path, data: Clips, out: str | Path, *, crops: int = 10, k: int = 20, seed: int = 0,
           clip_seconds: float = 10.0, gain_db: int = 0, shard_size: int = 1000, batch_size: int = 32,
-          workers: int = 2, device: str = "auto", precision: str = "fp32",
+          workers: int = 2, device: str = "auto", precision: str = "fp32", part: tuple[int, int] | None = None,
           on_progress: Callable[[int, int], None] | None = None) -> TeachResult:
     """Store the teacher's top-k logits for `crops` draws of every clip of `data` in the folder `out`; the shards
-    an earlier run finished are kept. `teacher`: a tagger checkpoint, an ensemble file or a pulled release name."""
+    an earlier run finished are kept. `teacher`: a tagger checkpoint, an ensemble file or a pulled release name.
+    `part` (K, N): only the shards i with i % N == K-1, for N jobs writing one folder."""
     from tagger.inference.runtime import Scorer, model_path
 
     started = time.perf_counter()
@@ -206,7 +209,8 @@ def teach(teacher: str | Path, data: Clips, out: str | Path, *, crops: int = 10,
     old = read_meta(out) if out.is_dir() else None
     if old is not None:
         _check_same(out, old, meta)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(not f.name.startswith(".") for f in out.iterdir())):
+        # (a dot file is another job's teach.json on its way in)
         raise TaggerError(f"{out} exists and holds no teacher targets; choose a new or empty folder for --out")
 
     scorer = Scorer.load(path, device=device, precision=precision, fast=False)  # one code path: reproducible shards
@@ -216,12 +220,13 @@ def teach(teacher: str | Path, data: Clips, out: str | Path, *, crops: int = 10,
         atomic_write_json(out / META, meta)
     else:
         meta = old
-    todo = missing_shards(out, meta)
+    ours = [i for i in range(meta["shards"]) if part is None or i % part[1] == part[0] - 1]
+    todo = [i for i in missing_shards(out, meta) if i in set(ours)]
     for stale in out.glob(".shard-*.h5.tmp*"):  # left by a killed run (atomic_path names them .NAME.tmp-PID)
         number = re.fullmatch(r"\.shard-(\d+)\.h5\.tmp.*", stale.name)
         if number and int(number[1]) in todo:
             stale.unlink(missing_ok=True)
-    result = TeachResult(out, meta["shards"], already=meta["shards"] - len(todo))
+    result = TeachResult(out, meta["shards"], already=len(ours) - len(todo))
 
     def bounds(shard: int) -> range:
         return range(shard * shard_size, min((shard + 1) * shard_size, len(ids)))

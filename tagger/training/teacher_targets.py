@@ -84,9 +84,15 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return index.astype(np.int16 if logits.shape[-1] <= np.iinfo(np.int16).max else np.int32), values
 
 
-def sigmoid(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Soft targets sigmoid(logits / T) as float32 (the `loss.teacher` semantics)."""
-    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float32) / temperature))).astype(np.float32)
+def soft_targets(logits: np.ndarray, temperature: float, exclusive: bool = False) -> np.ndarray:
+    """A teacher's soft targets as float32: sigmoid(logits / T) for tags (the `loss.teacher` semantics), or for
+    single-label (multiclass) runs softmax(logits / T) over the last axis, so they sum to 1 as a cross-entropy
+    target must. Top-K logits give the softmax over those K classes: the rest count as probability 0."""
+    scaled = np.asarray(logits, dtype=np.float32) / temperature
+    if not exclusive:
+        return (1.0 / (1.0 + np.exp(-scaled))).astype(np.float32)
+    shifted = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------ the folder

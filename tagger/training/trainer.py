@@ -326,7 +326,8 @@ class Trainer:
         self.valid_targets = Targets(self.valid_source.labels, self.labels).dense()
         teacher = None
         if cfg.loss.teacher:
-            teacher = Teacher.load(cfg.loss.teacher, self.labels, cfg.loss.kd_temperature)
+            teacher = Teacher.load(cfg.loss.teacher, self.labels, cfg.loss.kd_temperature,
+                                   exclusive=self.loss_kind == "ce")
         self.teacher = teacher
         if cfg.loss.teacher_targets and self.replay is None:  # once: a memory split builds the data again
             self.replay = self._replay()
@@ -380,7 +381,7 @@ class Trainer:
                               f"{cfg.data.clip_seconds:g}; set data.clip_seconds={store.clip_seconds:g} so that the "
                               "student sees the teacher's crops")
         replay = Replay(store, self.train_source.ids.tolist(), self.labels, cfg.loss.kd_temperature,
-                        self.model.sample_rate)
+                        self.model.sample_rate, exclusive=self.loss_kind == "ce")
         missing, total = replay.missing, len(self.train_source)
         if missing:
             example = self.train_source.ids[int(np.flatnonzero(replay.rows < 0)[0])]

@@ -72,6 +72,22 @@ def test_distillation_matches_formula_and_ignores_rows_without_teacher():
     assert bool((logits.grad[[1, 3]] == 0).all()) and bool((logits.grad[rows] != 0).all())
 
 
+def test_single_label_distillation_is_cross_entropy_to_the_teacher_softmax():
+    logits, teacher = randn(5, 4), randn(5, 4, seed=1) * 2
+    has = torch.tensor([True, True, False, True, True])
+    soft = torch.softmax(teacher, dim=1)
+    loss = distillation_loss(logits, soft, has, "ce")
+    rows = [0, 1, 3, 4]
+    expect = -(soft[rows] * torch.log_softmax(logits[rows], 1)).sum(1).mean()
+    torch.testing.assert_close(loss, expect)
+    # Hinton's KL up to the teacher's entropy: a student equal to the teacher has zero gradient
+    student = teacher.clone().requires_grad_(True)
+    distillation_loss(student, soft, has, "ce").backward()
+    torch.testing.assert_close(student.grad, torch.zeros_like(student.grad))
+    total, parts = training_loss(logits, soft, "ce", soft, has, kd_lambda=0.0)
+    torch.testing.assert_close(total, expect)
+
+
 def test_distillation_without_any_teacher_is_zero_with_grad():
     logits = randn(3, 4).requires_grad_(True)
     loss = distillation_loss(logits, torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool))

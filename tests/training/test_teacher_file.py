@@ -42,6 +42,18 @@ def test_top_k_keeps_the_largest_logits_and_zeroes_the_rest(tmp_path):
     assert np.allclose(teacher.probs, expected)
 
 
+def test_a_multiclass_run_gets_a_softmax_over_the_stored_logits(tmp_path):
+    save_teacher(tmp_path / "full.npz", ["x", "y"], LOGITS)
+    full = Teacher.load(tmp_path / "full.npz", 4, temperature=2.0, exclusive=True)
+    expect = np.exp(LOGITS / 2.0) / np.exp(LOGITS / 2.0).sum(1, keepdims=True)
+    assert np.allclose(full.probs, expect) and np.allclose(full.probs.sum(1), 1.0)
+    save_teacher(tmp_path / "top.npz", ["x", "y"], LOGITS, labels=TEACHER_LABELS, top_k=2)
+    top = Teacher.load(tmp_path / "top.npz", TEACHER_LABELS, temperature=1.0, exclusive=True)
+    kept = np.array([[1, 0, 1, 0], [0, 1, 1, 0]], bool)
+    expect = np.where(kept, np.exp(LOGITS), 0.0)
+    assert np.allclose(top.probs, expect / expect.sum(1, keepdims=True))  # the softmax over the K kept classes
+
+
 def test_missing_run_classes_are_named(tmp_path):
     save_teacher(tmp_path / "t.npz", ["x", "y"], LOGITS, labels=TEACHER_LABELS)
     with pytest.raises(TaggerError, match=r"no class for 2 of this run's labels \(/m/e, /m/f\)"):
