@@ -7,15 +7,15 @@ are the candidate teachers:
   teacher   the candidate with the best fold-3 accuracy (fold 4 plays no part in the choice)
   teach     `tagger teach` of that teacher over folds 1-2: --crops draws per clip (5 s ESC-50 clips and 5 s crops,
             so the draws differ in their gain, +-12 dB as the fine-tuning recipe), top --top-k logits; timed
-  students  each student trained twice with the same settings and seed: (a) labels only, (b) the stored teacher
-            targets with the KD loss alone (loss.kd_lambda=0, as CED trains); the epoch is chosen on fold 3 and
-            fold 4 scored once
+  students  each student trained with the same settings and seed: (a) `labels` only, (b) `kd`: the stored
+            teacher targets with the KD loss alone (loss.kd_lambda=0, as CED trains), and optionally `mixed`: half
+            label loss, half KD (loss.kd_lambda=0.5); the epoch is chosen on fold 3 and fold 4 scored once
               ced-tiny  from random weights (STUDENTS below: the settings fitted to a 2-core CPU)
               mn04      the official AudioSet mn04_as, fine-tuned with bench_esc50.py's settings; its (a) is
                         bench_ensemble.py's seed-0 run, which has exactly those settings, so it is read, not rerun
 
     python benchmarks/bench_distill.py --ensembles /tmp/ens-bench --out /tmp/distill-bench \
-        [--stages teacher teach students] [--students ced-tiny mn04] [--threads 2]
+        [--stages teacher teach students] [--students ced-tiny mn04] [--variants labels kd mixed] [--threads 2]
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ CANDIDATES = ("seeds", "seeds-wa", "greedy")  # bench_ensemble.py's prediction e
 CROPS, TOP_K, GAIN_DB, CLIP_SECONDS = 8, 20, 12, 5.0
 
 # Student settings after the recipe: (recipe, arch, init, overrides). ced-tiny: a ViT from scratch, so AdamW with
-# weight decay, a warmup and a cosine decay, spectrogram mixup and SpecAugment; 60 epochs fit the 2-core budget.
+# weight decay, a warmup and a cosine decay, spectrogram mixup and SpecAugment; 40 epochs fit the 2-core budget.
 STUDENTS = {
     "ced-tiny": ("esc50-efficientat", "ced-tiny", "", [
         "data.batch_size=32", "data.num_workers=1", "optim.name=adamw", "optim.lr=1e-3", "optim.weight_decay=0.05",
-        "schedule.kind=cosine", "schedule.warmup_epochs=5", "schedule.min_lr_ratio=0.01", "run.epochs=60",
+        "schedule.kind=cosine", "schedule.warmup_epochs=4", "schedule.min_lr_ratio=0.01", "run.epochs=40",
         "augment.freqm=16", "augment.timem=48",
     ]),
     "mn04": (RUNS["finetune"][0], RUNS["finetune"][1], "checkpoint", RUNS["finetune"][3]),
 }
-KD = ["loss.kd_lambda=0"]
+VARIANTS = {"labels": None, "kd": "loss.kd_lambda=0", "mixed": "loss.kd_lambda=0.5"}
 
 
 def choose_teacher(ensembles: Path) -> dict:
@@ -76,16 +76,16 @@ def train_student(name: str, variant: str, out: Path, ensembles: Path) -> dict:
         overrides = [*overrides, f"model.init=checkpoint:{ensembles / 'mn04_as.pt'}"]
         if variant == "labels":  # bench_ensemble.py's seed-0 run has exactly these settings
             run_dir = ensembles / "seed0"
-    if variant == "kd":
-        overrides = [*overrides, *KD, f"loss.teacher_targets={out / 'targets'}"]
+    if VARIANTS[variant]:
+        overrides = [*overrides, VARIANTS[variant], f"loss.teacher_targets={out / 'targets'}"]
     started = time.perf_counter()
-    if not (run_dir / "last.pt").exists() or (run_dir / "resume.pt").exists():
-        if (run_dir / "resume.pt").exists():
-            trainer.resume(run_dir, show_progress=False)
-        else:
-            config = build_config(recipe, overrides, arch)
-            trainer.train(config, trainer.data_spec(ESC50, TRAIN_FOLDS), trainer.data_spec(ESC50, VALID_FOLDS),
-                          run_dir, show_progress=False)
+    config = build_config(recipe, overrides, arch)
+    finished = (run_dir / "metrics.csv").is_file() and len(trainer.read_metrics(run_dir)) >= config.run.epochs
+    if not finished and (run_dir / "resume.pt").exists():
+        trainer.resume(run_dir, show_progress=False)
+    elif not finished:
+        trainer.train(config, trainer.data_spec(ESC50, TRAIN_FOLDS), trainer.data_spec(ESC50, VALID_FOLDS),
+                      run_dir, show_progress=False)
     rows = trainer.read_metrics(run_dir)
     accuracies = [float(row["accuracy"]) for row in rows]
     result = {"student": name, "variant": variant, "run": str(run_dir), "overrides": overrides,
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=["teacher", "teach", "students"],
                         choices=["teacher", "teach", "students"])
     parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--variants", nargs="*", default=["labels", "kd"], choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def main() -> None:
     if "students" in args.stages:
         students = results.setdefault("students", {})
         for name in args.students:
-            for variant in ("labels", "kd"):
+            for variant in args.variants:
                 students[f"{name}-{variant}"] = train_student(name, variant, args.out, args.ensembles)
                 path.write_text(json.dumps(results, indent=1))
     path.write_text(json.dumps(results, indent=1))

@@ -98,10 +98,12 @@ def main() -> None:
     strong = strong_demo(data, labels, mn01 / "best.pt", OUT / "recording")
     teacher, enhanced = enhance_labels_demo(OUT / "weak")
     wa_line, greedy = ensembles_demo(data, test, OUT / "runs", OUT / "ensembles", reports)
+    distill_demo(data, test, OUT / "ensembles" / "greedy.pt", OUT / "runs", reports)
     summary(test, reports, {"CNN6 from cached features, best.pt": "cnn6.npz",
                             "CNN6, weights of epochs 6-10 averaged": "cnn6-wa.npz",
                             "EfficientAT mn01 from audio, best.pt": "mn01.npz",
-                            f"greedy prediction ensemble ({greedy})": "greedy.npz"},
+                            f"greedy prediction ensemble ({greedy})": "greedy.npz",
+                            "CED-tiny from scratch, taught by the ensemble": "ced-taught.npz"},
            [wa_line, events, strong, teacher, enhanced])
     print(f"\nDone. Audio, feature stores, training runs (metrics.csv, curves.png, best.pt), evaluations, the timeline "
           f"plot, the label-enhancement report and the ensembles are in {OUT}/")
@@ -255,6 +257,26 @@ def ensembles_demo(data: Path, test: Path, runs: Path, folder: Path, reports: Pa
     clips = [test.parent / row["path"] for row in _rows(test)]
     run("predict", *map(str, clips[-2:]), "--model", ensemble, "--top-k", "3")
     return wa_line, _members(report, runs)
+
+
+def distill_demo(data: Path, test: Path, teacher: Path, runs: Path, reports: Path) -> None:
+    """CED's recipe on the demo's ensemble: `teach` stores its outputs for seeded crops of the training clips, and a
+    ced-tiny from random weights learns from them alone (docs/ced.md compares it with labels on real data)."""
+    labels = str(data / "labels.csv")
+    targets = OUT / "teacher-targets"
+    print("\nDistilling the ensemble into a small transformer (CED): the ensemble scores 4 seeded draws (a 3 s crop")
+    print("and a gain) of every training clip, and its top logits are stored with each draw. A ced-tiny from")
+    print("random weights then trains on exactly those inputs and targets, with no labels (loss.kd_lambda=0).")
+    run("teach", str(teacher), str(data / "train.csv"), "--out", str(targets), "--crops", "4", "--top-k", "6",
+        "--clip-seconds", "3", "--gain-db", "6", "--workers", "0")
+    student = runs / "ced-tiny-taught"
+    run("train", "--arch", "ced-tiny", "--train", str(data / "train.csv"), "--valid", str(data / "valid.csv"),
+        "--labels", labels, "--teacher-targets", str(targets), "--out", str(student), "--set", "loss.kd_lambda=0",
+        "--set", "data.clip_seconds=3", "--set", "data.eval_clip_seconds=5", "--set", "data.batch_size=8",
+        "--set", "run.epochs=12", "--set", "optim.name=adamw", "--set", "optim.lr=1e-3",
+        "--set", "schedule.kind=cosine", "--set", "schedule.warmup_epochs=1")
+    run("evaluate", "--model", str(student / "best.pt"), str(test), "--labels", labels, "--save-predictions",
+        str(reports / "ced-taught.npz"))
 
 
 def weight_averaging_verdict(best: Path, averaged: Path, run_dir: Path, first_epoch: int) -> str:
