@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 CATALOG = Path(__file__).resolve().parent / "models" / "catalog.json"
-FIELDS = ("name", "family", "default", "params_M", "sample_rate", "frontend", "frame_level", "weights_licence",
-          "description")
+FIELDS = ("name", "family", "default", "params_M", "sample_rate", "frontend", "frame_level", "description")
 
 
 def catalog(family: str | None = None) -> list[dict]:
@@ -35,7 +34,6 @@ def count_parameters(entry, num_classes: int = 527) -> int:
 def build_catalog() -> list[dict]:
     """The rows from the registry itself: every model built (on the meta device) and counted."""
     from tagger.models import FAMILY_DEFAULTS, list_models
-    from tagger.weights.licences import family_licences
 
     defaults = {arch: family for family, arch in FAMILY_DEFAULTS.items()}
     return [
@@ -47,7 +45,6 @@ def build_catalog() -> list[dict]:
             "sample_rate": entry.sample_rate,
             "frontend": entry.frontend,
             "frame_level": "yes" if entry.frame_level else "no",
-            "weights_licence": family_licences(entry.family).weights,  # of the family's official releases
             "description": entry.description,
         }
         for entry in list_models()

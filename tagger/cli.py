@@ -334,10 +334,13 @@ def models_command(
     _check_format(fmt)
     from tagger import console
     from tagger.catalog import catalog
+    from tagger.weights.licences import family_licences
 
     rows = catalog(family)
     if not rows:
         raise TaggerError(f"no models of family {family!r}; run `tagger models` to see all")
+    for row in rows:  # the licence of the family's official releases (docs/models.md, "Licences")
+        row["weights_licence"] = family_licences(row["family"]).weights
     if fmt == "table":  # descriptions stay in the JSON/CSV output, where width does not matter
         rows = [{k: v for k, v in row.items() if k != "description"} for row in rows]
     console.render(rows, fmt, title="models")

@@ -66,12 +66,13 @@ def test_an_import_records_the_file_its_digest_and_its_licences(imported):
 
 
 def test_an_export_carries_the_provenance_and_tagger_models_the_licences(imported, tmp_path):
-    from tagger.catalog import catalog
     from tagger.export import export_model, read_metadata
 
     export_model(imported["out"], "safetensors", tmp_path / "m.safetensors", check=False)
     assert read_metadata(tmp_path / "m.safetensors")["source"] == read_torch_file(imported["out"])["source"]
-    licences = {row["family"]: row["weights_licence"] for row in catalog()}
+    result = runner.invoke(app, ["models", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    licences = {row["family"]: row["weights_licence"] for row in json.loads(result.stdout)}
     assert licences["ced"] == "Apache-2.0" and licences["efficientat"] == "MIT"
     assert set(licences) <= {entry.family for entry in LICENCES}
 
