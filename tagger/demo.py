@@ -106,7 +106,7 @@ def main() -> None:
                             "CED-tiny from scratch, taught by the ensemble": "ced-taught.npz"},
            [wa_line, events, strong, teacher, enhanced])
     print(f"\nDone. Audio, feature stores, training runs (metrics.csv, curves.png, best.pt), evaluations, the timeline "
-          f"plot, the label-enhancement report and the ensembles are in {OUT}/")
+          f"plot, the label-enhancement report, the ensembles and the distilled student are in {OUT}/")
 
 
 PYTHON_DEMO = """import soundfile as sf, torch, tagger, tagger.hear
