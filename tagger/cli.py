@@ -83,6 +83,8 @@ ManifestFormatOption = Annotated[str, typer.Option(help="Manifest format, or aut
 ModelOption = Annotated[Path | None, typer.Option(
     help="Tagger checkpoint or ensemble (.pt), or a pulled release's name; default: $TAGGER_MODEL.")]
 AudioDirOption = Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")]
+ShardPartOption = Annotated[str | None, typer.Option(
+    "--shard", help="K/N: only the shards i with i % N == K-1 (N machines fill one folder).")]
 ShortInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips under 5.12 s: tile (official inference) or "
                                                       "stretch (official evaluation); default: the checkpoint's.")]
 LongInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips over 10.24 s: windows, or crops (the official "
@@ -281,8 +283,7 @@ def pack_command(
                                                     "clip keeps its own, so loading stays exact).")] = None,
     shard_size: Annotated[int, typer.Option(help="Clips per shard (work lost on a kill is at most the shards "
                                             "in flight).")] = 1000,
-    shard: Annotated[str | None, typer.Option(help="K/N: pack only shards i with i % N == K-1 (N machines, one "
-                                              "folder).")] = None,
+    shard: ShardPartOption = None,
     workers: Annotated[int, typer.Option(help="Decoding/encoding processes (0: in this process).")] = 2,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,
@@ -535,8 +536,7 @@ def teach_command(
     precision: PrecisionOption = "fp32",
     shard_size: Annotated[int, typer.Option(help="Clips per shard (work lost on a kill is at most one shard).")
                           ] = 1000,
-    shard: Annotated[str | None, typer.Option(help="K/N: teach only shards i with i % N == K-1 (N machines, one "
-                                              "folder).")] = None,
+    shard: ShardPartOption = None,
     workers: Annotated[int, typer.Option(help="Decoding processes (0: in this process).")] = 2,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,
