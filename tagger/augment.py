@@ -141,6 +141,17 @@ def mix_targets(y: Tensor, plan: MixPlan) -> Tensor:
     return apply_mix(y, plan)
 
 
+def mix_known(y: Tensor, known: Tensor, plan: MixPlan) -> tuple[Tensor, Tensor]:
+    """Targets that only some rows have (teacher targets, frame targets), mixed like the labels, and the rows that
+    still have them: a mixed row needs both of its sources to."""
+    first = plan.first.to(known.device)
+    if plan.mix_targets:
+        known = known[first] & known[plan.second.to(known.device)]
+    else:
+        known = known[first]
+    return mix_targets(y, plan), known
+
+
 # ------------------------------------------------------------------------------------------ SpecAugment
 
 

@@ -83,6 +83,7 @@ ManifestFormatOption = Annotated[str, typer.Option(help="Manifest format, or aut
 ModelOption = Annotated[Path | None, typer.Option(
     help="Tagger checkpoint or ensemble (.pt), or a pulled release's name; default: $TAGGER_MODEL.")]
 AudioDirOption = Annotated[Path | None, typer.Option(help="Folder the manifest's audio paths are relative to.")]
+FoldsOption = Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2.")]
 ShardPartOption = Annotated[str | None, typer.Option(
     "--shard", help="K/N: only the shards i with i % N == K-1 (N machines fill one folder).")]
 ShortInputOption = Annotated[str | None, typer.Option(help="HTS-AT clips under 5.12 s: tile (official inference) or "
@@ -205,7 +206,7 @@ def extract_features_command(
     labels: Annotated[Path | None, typer.Option(help="class_labels_indices.csv to validate labels against.")] = None,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: Annotated[Path | None, typer.Option(help="Audio folder for AudioSet/ESC-50/FSD50K metadata.")] = None,
-    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
+    folds: FoldsOption = None,
     split: SplitOption = None,
     workers: Annotated[int, typer.Option(help="Decoding worker processes (0: decode in this process).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Clips per front-end batch.")] = 16,
@@ -287,7 +288,7 @@ def pack_command(
     workers: Annotated[int, typer.Option(help="Decoding/encoding processes (0: in this process).")] = 2,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,
-    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
+    folds: FoldsOption = None,
     split: SplitOption = None,
     fmt: FormatOption = "table",
 ) -> None:
@@ -463,8 +464,8 @@ def train_command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: section.key=value.")] = None,
     init: Annotated[str | None, typer.Option(help="imagenet:PATH or checkpoint:PATH (same as --set model.init=).")
                     ] = None,
-    train_folds: Annotated[str | None, typer.Option(help="Folds of --train to use (ESC-50), e.g. 1,2,3.")] = None,
-    valid_folds: Annotated[str | None, typer.Option(help="Folds of --valid to use, e.g. 4.")] = None,
+    train_folds: Annotated[str | None, typer.Option(help="Folds of --train to use (ESC-50), e.g. 1,2.")] = None,
+    valid_folds: Annotated[str | None, typer.Option(help="Folds of --valid to use, e.g. 3.")] = None,
     audio_dir: Annotated[Path | None, typer.Option(help="Folder the manifests' audio paths are relative to.")] = None,
     strong: Annotated[Path | None, typer.Option(
         help="Strong labels (DCASE TSV, AudioSet-Strong TSV or predict --events output) of training clips: the frame "
@@ -540,7 +541,7 @@ def teach_command(
     workers: Annotated[int, typer.Option(help="Decoding processes (0: in this process).")] = 2,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,
-    folds: Annotated[str | None, typer.Option(help="ESC-50 folds to take, e.g. 1,2,3.")] = None,
+    folds: FoldsOption = None,
     split: SplitOption = None,
     fmt: FormatOption = "table",
 ) -> None:
@@ -968,7 +969,7 @@ def ensemble_command(
     weights: Annotated[str | None, typer.Option(help="Member weights W1,W2,... in the order given.")] = None,
     valid: Annotated[Path | None, typer.Option(help="Validation manifest, pack or AudioSet HDF5 file: member and "
                                                "ensemble metrics, best:K, greedy, weighted.")] = None,
-    valid_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --valid, e.g. 4.")] = None,
+    valid_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --valid, e.g. 3.")] = None,
     metric: Annotated[str, typer.Option(help="auto (accuracy for single-label sets, else mAP), mAP, mAUC, "
                                         "accuracy.")] = "auto",
     labels: Annotated[Path | None, typer.Option(help="Label file mapping --valid's labels onto the models' "
@@ -977,7 +978,7 @@ def ensemble_command(
                             ] = None,
     bn_recalibrate: Annotated[Path | None, typer.Option(help="weights: re-estimate BatchNorm statistics on this "
                                                         "manifest or pack (e.g. the training set).")] = None,
-    bn_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --bn-recalibrate, e.g. 1,2,3.")] = None,
+    bn_folds: Annotated[str | None, typer.Option(help="ESC-50 folds of --bn-recalibrate, e.g. 1,2.")] = None,
     manifest_format: ManifestFormatOption = "auto",
     audio_dir: AudioDirOption = None,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,

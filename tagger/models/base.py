@@ -76,17 +76,23 @@ def time_stride(network: nn.Module) -> int:
     return stride
 
 
-def init_transformer_weights(model: nn.Module) -> None:
-    """The timm ViT initialisation the transformer families' official code uses: truncated normal (std 0.02)
-    Linear weights with zero biases, unit LayerNorms."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
+def init_transformer_module(module: nn.Module) -> None:
+    """The timm ViT initialisation of one module, as the transformer families' official code does it: truncated
+    normal (std 0.02) Linear weights with zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
             nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_transformer_weights(model: nn.Module) -> None:
+    """`init_transformer_module` over every module, parents first (PaSST, CED; HTS-AT's `apply` goes children
+    first, and the order decides which random numbers each weight gets)."""
+    for module in model.modules():
+        init_transformer_module(module)
 
 
 class TaggerModel(nn.Module):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tagger.errors import TaggerError
 from tagger.frontends import LogMel
 from tagger.models import ImportedWeights, create_model, register_importer, register_model
-from tagger.models.base import TaggerModel, TaggerOutput, mean_probability_logits
+from tagger.models.base import TaggerModel, TaggerOutput, init_transformer_module, mean_probability_logits
 from tagger.models.heads import TokenSemanticHead
 from tagger.models.official import find_state_dict
 
@@ -170,7 +170,7 @@ class HTSAT(TaggerModel):
         self.norm = nn.LayerNorm(self.num_features)
         final = grid // 2 ** (len(depths) - 1)
         self.tscam_conv = TokenSemanticHead(self.num_features, num_classes, final // self.freq_ratio, self.freq_ratio)
-        self.apply(_init_weights)
+        self.apply(init_transformer_module)  # the official _init_weights, children first
 
     @property
     def num_classes(self) -> int:
@@ -339,17 +339,6 @@ class HTSAT(TaggerModel):
         self.load_state_dict(loaded, strict=False)
         notes.append("bn0 and tscam_conv keep their random initialisation; the ImageNet class head is unused")
         return notes
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The official _init_weights: truncated normal (std 0.02) Linear weights, zero biases, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def _imagenet_state(raw: Mapping[str, Any]) -> tuple[dict[str, Tensor], list[str]]:

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tagger.augment import MixPlan, mix_targets
 from tagger.errors import TaggerError
 
 __all__ = [
-    "LOSS_KINDS", "distillation_loss", "frame_loss", "label_loss", "soft_targets", "teacher_targets", "training_loss",
+    "LOSS_KINDS", "distillation_loss", "frame_loss", "label_loss", "soft_targets", "training_loss",
 ]
 
 LOSS_KINDS = ("bce", "ce")
@@ -42,27 +41,6 @@ def label_loss(logits: Tensor, targets: Tensor, kind: str) -> Tensor:
     raise TaggerError(f"loss kind {kind!r} must be one of {', '.join(LOSS_KINDS)}")
 
 
-def teacher_targets(teacher_logits: Tensor, has_teacher: Tensor, temperature: float,
-                    plan: MixPlan | None = None) -> tuple[Tensor, Tensor]:
-    """Soft targets sigmoid(teacher / T) and the rows that have them, mixed by `plan` like the labels.
-
-    EfficientAT mixes the sigmoided targets, not the logits; a mixed row has a teacher only when both sources do.
-    """
-    has = has_teacher.to(device=teacher_logits.device, dtype=torch.bool)
-    # Rows without a teacher may hold anything (NaN fillers); keep them finite so no NaN reaches the gradient.
-    teacher = teacher_logits.to(torch.promote_types(teacher_logits.dtype, torch.float32))  # fp16 stores: upcast
-    teacher = torch.where(has[:, None], teacher, 0.0)
-    soft = torch.sigmoid(teacher / temperature)
-    if plan is None:
-        return soft, has
-    first = plan.first.to(has.device)
-    if plan.mix_targets:
-        has = has[first] & has[plan.second.to(has.device)]
-    else:
-        has = has[first]
-    return mix_targets(soft, plan), has
-
-
 def distillation_loss(logits: Tensor, soft: Tensor, has_teacher: Tensor, kind: str = "bce") -> Tensor:
     """KD against soft teacher targets, averaged over rows that have a teacher: BCE-with-logits as EfficientAT and
     CED distil tags, or for a single-label run (`kind="ce"`) cross-entropy, Hinton's KL up to the teacher's entropy.
@@ -86,7 +64,7 @@ def training_loss(logits: Tensor, targets: Tensor, kind: str, teacher: Tensor | 
                   has_teacher: Tensor | None = None, kd_lambda: float = 0.1) -> tuple[Tensor, dict[str, float]]:
     """The loss to backpropagate and its parts (detached tensors: reading them is a host sync, left to logging).
 
-    Without a teacher it is the label loss; with one (soft targets, see `teacher_targets`),
+    Without a teacher it is the label loss; with one (soft targets, `augment.mix_known` mixes them),
     kd_lambda * label + (1 - kd_lambda) * distillation. `targets` and `teacher` are already mixed by the caller.
     """
     label = label_loss(logits, targets, kind)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from tagger import console
-from tagger.augment import apply_mix, draw_spec_mixup, mix_targets, spec_augment
+from tagger.augment import apply_mix, draw_spec_mixup, mix_known, mix_targets, spec_augment
 from tagger.checkpoint import read_torch_file, save_checkpoint
 from tagger.errors import TaggerError
 from tagger.evaluation.metrics import summarize
@@ -645,12 +645,10 @@ class Trainer:
                 plan = draw_spec_mixup(spec.shape[0], a.spec_mixup, a.spec_mixup_alpha, rng)
                 plan.first, plan.second, plan.lam = (self._to_device(t) for t in (plan.first, plan.second, plan.lam))
                 spec, targets = apply_mix(spec, plan), mix_targets(targets, plan)
-                if teacher is not None:
-                    teacher = mix_targets(teacher, plan)  # soft targets, mixed as probabilities (EfficientAT)
-                    has_teacher = has_teacher[plan.first] & (has_teacher[plan.second] if plan.mix_targets else True)
-                if frames is not None:  # frame targets mix like the clip targets; known only where both are
-                    frames = mix_targets(frames, plan)
-                    has_frames = has_frames[plan.first] & (has_frames[plan.second] if plan.mix_targets else True)
+                if teacher is not None:  # soft targets, mixed as probabilities (EfficientAT)
+                    teacher, has_teacher = mix_known(teacher, has_teacher, plan)
+                if frames is not None:  # frame targets mix like the clip targets
+                    frames, has_frames = mix_known(frames, has_frames, plan)
         if state.batch % self.group == 0:  # the first micro-batch of an optimizer step
             self._set_lr()
         last_micro = self._ends_step(state.batch)

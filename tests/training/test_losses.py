@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tagger.augment import apply_mix, draw_spec_mixup, mix_targets
+from tagger.augment import apply_mix, draw_spec_mixup, mix_known, mix_targets
 from tagger.errors import TaggerError
-from tagger.training.losses import distillation_loss, label_loss, soft_targets, teacher_targets, training_loss
+from tagger.training.losses import distillation_loss, label_loss, soft_targets, training_loss
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_distillation_matches_formula_and_ignores_rows_without_teacher():
     teacher[1] = float("nan")  # a missing entry may hold anything
     temperature = 2.0
     logits.requires_grad_(True)
-    loss = distillation_loss(logits, *teacher_targets(teacher, has, temperature))
+    loss = distillation_loss(logits, torch.sigmoid(teacher / temperature), has)
     rows = [0, 2]
     expect = F.binary_cross_entropy_with_logits(logits[rows], torch.sigmoid(teacher[rows] / temperature))
     torch.testing.assert_close(loss, expect)
@@ -103,12 +103,12 @@ def test_distillation_mixes_soft_targets_not_logits():
     logits = randn(4, 3, seed=3)
     has = torch.ones(4, dtype=torch.bool)
     expect = F.binary_cross_entropy_with_logits(logits, apply_mix(torch.sigmoid(teacher), plan))
-    torch.testing.assert_close(distillation_loss(logits, *teacher_targets(teacher, has, 1.0, plan)), expect)
+    torch.testing.assert_close(distillation_loss(logits, *mix_known(torch.sigmoid(teacher), has, plan)), expect)
     missing = torch.tensor([True, True, True, False])
     partner_has = missing[plan.first] & missing[plan.second]
     per_row = F.binary_cross_entropy_with_logits(logits, apply_mix(torch.sigmoid(teacher), plan),
                                                  reduction="none").mean(1)
-    torch.testing.assert_close(distillation_loss(logits, *teacher_targets(teacher, missing, 1.0, plan)),
+    torch.testing.assert_close(distillation_loss(logits, *mix_known(torch.sigmoid(teacher), missing, plan)),
                                per_row[partner_has].mean())
 
 
